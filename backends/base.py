@@ -52,7 +52,9 @@ class Queue(Protocol):
     def publish(self, tier: str, body: bytes, attributes: Mapping[str, str] | None = None) -> str:
         """Enqueue one message on a tier; returns its message id."""
 
-    def pull(self, tier: str, max_messages: int = 1, lease_seconds: float = 600.0) -> list[Delivery]:
+    def pull(
+        self, tier: str, max_messages: int = 1, lease_seconds: float = 600.0
+    ) -> list[Delivery]:
         """Lease up to `max_messages` deliverable messages (may return fewer, or none)."""
 
     def ack(self, delivery: Delivery) -> None:
@@ -74,7 +76,7 @@ class Queue(Protocol):
         """Messages on a tier not yet acked (leased or not)."""
 
 
-class ShardStatus(str, enum.Enum):
+class ShardStatus(enum.StrEnum):
     QUEUED = "queued"
     RUNNING = "running"
     DONE = "done"
@@ -122,7 +124,9 @@ class StateStore(Protocol):
     def plan(self, records: Iterable[ShardRecord]) -> int:
         """Insert planned shards. Existing records are kept as they are (resume). Returns new count."""
 
-    def claim(self, run_id: str, key: str, worker: str, tier: str, stale_after_s: float) -> ShardRecord | None:
+    def claim(
+        self, run_id: str, key: str, worker: str, tier: str, stale_after_s: float
+    ) -> ShardRecord | None:
         """Atomically mark a shard running for `worker` and count the attempt.
 
         Returns None when the shard is already finished (done/empty) or running under another
@@ -145,14 +149,18 @@ class StateStore(Protocol):
     ) -> None:
         """Mark done or empty with final metrics."""
 
-    def fail(self, run_id: str, key: str, worker: str, error: Mapping[str, Any], peak_rss_bytes: int = 0) -> None: ...
+    def fail(
+        self, run_id: str, key: str, worker: str, error: Mapping[str, Any], peak_rss_bytes: int = 0
+    ) -> None: ...
 
     def release(self, run_id: str, key: str, worker: str) -> None:
         """Give an unfinished shard back (interrupted worker): status returns to queued."""
 
     def get(self, run_id: str, key: str) -> ShardRecord | None: ...
 
-    def list(self, run_id: str, status: ShardStatus | None = None, scale: int | None = None) -> list[ShardRecord]: ...
+    def list(
+        self, run_id: str, status: ShardStatus | None = None, scale: int | None = None
+    ) -> list[ShardRecord]: ...
 
     def counts(self, run_id: str) -> dict[ShardStatus, int]:
         """Number of shards per status (every status present, zero when none)."""

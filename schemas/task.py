@@ -81,7 +81,9 @@ class ShardTask:
     def validate(self) -> None:
         problems = []
         if self.schema_version != SCHEMA_VERSION:
-            problems.append(f"schema_version {self.schema_version} (this worker reads {SCHEMA_VERSION})")
+            problems.append(
+                f"schema_version {self.schema_version} (this worker reads {SCHEMA_VERSION})"
+            )
         if not self.run_id:
             problems.append("empty run_id")
         if not (0 <= self.scale < 64):
@@ -128,7 +130,16 @@ def task_json_schema() -> dict[str, Any]:
         "title": "dvid2ng shard task",
         "type": "object",
         "additionalProperties": False,
-        "required": ["run_id", "scale", "shard", "shard_name", "kind", "sources", "dest", "schema_version"],
+        "required": [
+            "run_id",
+            "scale",
+            "shard",
+            "shard_name",
+            "kind",
+            "sources",
+            "dest",
+            "schema_version",
+        ],
         "properties": {
             "schema_version": {"const": SCHEMA_VERSION},
             "run_id": {"type": "string", "minLength": 1},
@@ -153,7 +164,9 @@ def _check_fields(data: dict[str, Any]) -> None:
     unknown = [k for k in data if k not in schema["properties"]]
     if missing or unknown:
         raise TaskError(f"task message fields: missing {missing}, unknown {unknown}")
-    if not isinstance(data["sources"], list) or not all(isinstance(s, dict) for s in data["sources"]):
+    if not isinstance(data["sources"], list) or not all(
+        isinstance(s, dict) for s in data["sources"]
+    ):
         raise TaskError("task message 'sources' must be a list of objects")
     for name, prop in schema["properties"].items():
         if name in data and prop.get("type") in ("integer", "string"):

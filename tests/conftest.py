@@ -17,7 +17,9 @@ SHARED_FIXTURES = REPO_ROOT.parent / "shared" / "fixtures"
 def shared_fixtures() -> Path:
     """Path to ../shared/fixtures, or skip the test if it is not there."""
     if not SHARED_FIXTURES.is_dir():
-        pytest.skip(f"real DVID fixtures not found at {SHARED_FIXTURES} (only present in CI / dev checkouts)")
+        pytest.skip(
+            f"real DVID fixtures not found at {SHARED_FIXTURES} (only present in CI / dev checkouts)"
+        )
     return SHARED_FIXTURES
 
 

@@ -1,0 +1,217 @@
+"""The neuroglancer volume spec given to DVID, and the `info` we write from it.
+
+Parsing validates everything the conversion relies on and names the scale and field at fault,
+so a wrong spec is rejected before any work starts.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SHARDING_TYPE = "neuroglancer_uint64_sharded_v1"
+CSEG_BLOCK = (8, 8, 8)
+DVID_BLOCK = 64  # DVID label blocks are 64^3 voxels
+
+
+class SpecError(ValueError):
+    """The volume spec cannot be used; the message says which scale and field and why."""
+
+
+@dataclass(frozen=True)
+class Sharding:
+    preshift_bits: int
+    minishard_bits: int
+    shard_bits: int
+    hash: str = "identity"
+    minishard_index_encoding: str = "gzip"
+    data_encoding: str = "gzip"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "@type": SHARDING_TYPE,
+            "hash": self.hash,
+            "preshift_bits": self.preshift_bits,
+            "minishard_bits": self.minishard_bits,
+            "shard_bits": self.shard_bits,
+            "minishard_index_encoding": self.minishard_index_encoding,
+            "data_encoding": self.data_encoding,
+        }
+
+
+@dataclass(frozen=True)
+class Scale:
+    index: int
+    key: str
+    size: tuple[int, int, int]  # voxels, x y z
+    chunk_size: tuple[int, int, int]  # voxels, x y z
+    resolution: tuple[float, float, float]
+    voxel_offset: tuple[int, int, int]
+    sharding: Sharding
+
+    @property
+    def grid(self) -> tuple[int, int, int]:
+        """Chunks per axis (edge chunks are partial)."""
+        return tuple(math.ceil(s / c) for s, c in zip(self.size, self.chunk_size, strict=True))  # type: ignore[return-value]
+
+    @property
+    def bits(self) -> tuple[int, int, int]:
+        """Bits of the compressed Morton code per axis: bit_length(grid - 1)."""
+        return tuple(max(0, (g - 1).bit_length()) for g in self.grid)  # type: ignore[return-value]
+
+    @property
+    def total_bits(self) -> int:
+        return sum(self.bits)
+
+    def chunk_extent(self, chunk: tuple[int, int, int]) -> tuple[int, int, int]:
+        """Voxels of chunk `chunk` inside the volume per axis (x, y, z); 0 if it lies outside."""
+        return tuple(
+            max(0, min(c, s - g * c))
+            for g, c, s in zip(chunk, self.chunk_size, self.size, strict=True)
+        )  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class VolumeSpec:
+    scales: tuple[Scale, ...]
+    raw: dict[str, Any]  # the spec as given
+
+    @classmethod
+    def load(cls, path: str | Path) -> VolumeSpec:
+        path = Path(path)
+        try:
+            text = path.read_text()
+        except OSError as e:
+            raise SpecError(f"{path}: cannot read spec: {e.strerror}") from None
+        return cls.from_json(text, source=str(path))
+
+    @classmethod
+    def from_json(cls, spec: str | bytes | dict[str, Any], source: str = "spec") -> VolumeSpec:
+        if isinstance(spec, str | bytes):
+            try:
+                spec = json.loads(spec)
+            except ValueError as e:
+                raise SpecError(f"{source}: not valid JSON: {e}") from None
+        if not isinstance(spec, dict):
+            raise SpecError(f"{source}: must be a JSON object")
+        _expect(spec, "type", "segmentation", source)
+        _expect(spec, "data_type", "uint64", source)
+        _expect(spec, "num_channels", 1, source)
+        scales_json = spec.get("scales")
+        if not isinstance(scales_json, list) or not scales_json:
+            raise SpecError(f"{source}: 'scales' must be a non-empty list")
+        scales = tuple(_parse_scale(i, s, source) for i, s in enumerate(scales_json))
+        keys = [s.key for s in scales]
+        if len(set(keys)) != len(keys):
+            raise SpecError(f"{source}: scale keys must be unique, got {keys}")
+        return cls(scales=scales, raw=copy.deepcopy(spec))
+
+    def info(self) -> dict[str, Any]:
+        """The neuroglancer `info` to write: the spec with every scale as sharded, gzip,
+        compressed_segmentation with 8^3 blocks (what the worker writes)."""
+        info = copy.deepcopy(self.raw)
+        info["@type"] = "neuroglancer_multiscale_volume"
+        for scale_json, scale in zip(info["scales"], self.scales, strict=True):
+            scale_json["encoding"] = "compressed_segmentation"
+            scale_json["compressed_segmentation_block_size"] = list(CSEG_BLOCK)
+            scale_json["sharding"] = scale.sharding.to_json()
+        for extra in ("batch_size",):  # DVID-only extras do not belong in a neuroglancer info
+            info.pop(extra, None)
+        return info
+
+
+def _expect(spec: dict[str, Any], field: str, want: Any, source: str) -> None:
+    if field in spec and spec[field] != want:
+        raise SpecError(f"{source}: {field} must be {want!r}, got {spec[field]!r}")
+
+
+def _triple(value: Any, what: str, kind: type, positive: bool = True) -> tuple:
+    if not isinstance(value, list | tuple) or len(value) != 3:
+        raise SpecError(f"{what} must be a list of 3 numbers, got {value!r}")
+    out = []
+    for v in value:
+        if kind is int and (not isinstance(v, int) or isinstance(v, bool)):
+            raise SpecError(f"{what} must hold integers, got {value!r}")
+        if kind is float and not isinstance(v, int | float):
+            raise SpecError(f"{what} must hold numbers, got {value!r}")
+        if positive and v <= 0:
+            raise SpecError(f"{what} must be positive, got {value!r}")
+        out.append(kind(v))
+    return tuple(out)
+
+
+def _parse_scale(index: int, s: Any, source: str) -> Scale:
+    where = f"{source}: scale {index}"
+    if not isinstance(s, dict):
+        raise SpecError(f"{where}: must be an object")
+    key = s.get("key")
+    if not isinstance(key, str) or not key or "/" in key:
+        raise SpecError(f"{where}: 'key' must be a non-empty string without '/', got {key!r}")
+    where = f"{source}: scale {index} ({key})"
+    size = _triple(s.get("size"), f"{where}: size", int)
+    chunks = s.get("chunk_sizes")
+    if not isinstance(chunks, list) or not chunks:
+        raise SpecError(f"{where}: chunk_sizes must be a non-empty list")
+    chunk = _triple(chunks[0], f"{where}: chunk_sizes[0]", int)
+    if any(c % 8 for c in chunk):
+        raise SpecError(
+            f"{where}: chunk_sizes[0] {list(chunk)} must be multiples of 8 (cseg blocks are 8^3)"
+        )
+    resolution = _triple(s.get("resolution", [1, 1, 1]), f"{where}: resolution", float)
+    offset = _triple(
+        s.get("voxel_offset", [0, 0, 0]), f"{where}: voxel_offset", int, positive=False
+    )
+    block = s.get("compressed_segmentation_block_size")
+    if block is not None and list(block) != list(CSEG_BLOCK):
+        raise SpecError(
+            f"{where}: compressed_segmentation_block_size {block} is not supported; "
+            f"dvid2ng writes {list(CSEG_BLOCK)} (remove the field or set it to [8,8,8])"
+        )
+    sharding = _parse_sharding(s.get("sharding"), where)
+    scale = Scale(index, key, size, chunk, resolution, offset, sharding)
+    total = scale.total_bits
+    have = sharding.preshift_bits + sharding.minishard_bits + sharding.shard_bits
+    if have != total:
+        raise SpecError(
+            f"{where}: sharding bits do not add up: preshift_bits {sharding.preshift_bits} + "
+            f"minishard_bits {sharding.minishard_bits} + shard_bits {sharding.shard_bits} = {have}, "
+            f"but a chunk grid of {list(scale.grid)} (size {list(size)} / chunk {list(chunk)}) needs "
+            f"{total} bits ({'+'.join(map(str, scale.bits))}); "
+            + (
+                "chunks would collide in the same shard slots"
+                if have < total
+                else "shards would not cover the volume the way DVID names them"
+            )
+            + f". For example set shard_bits to {max(0, total - sharding.preshift_bits - sharding.minishard_bits)}."
+        )
+    return scale
+
+
+def _parse_sharding(sh: Any, where: str) -> Sharding:
+    if not isinstance(sh, dict):
+        raise SpecError(f"{where}: 'sharding' is missing; dvid2ng writes sharded volumes only")
+    if sh.get("@type") != SHARDING_TYPE:
+        raise SpecError(
+            f"{where}: sharding @type must be {SHARDING_TYPE!r}, got {sh.get('@type')!r}"
+        )
+    if sh.get("hash", "identity") != "identity":
+        raise SpecError(
+            f"{where}: sharding hash {sh.get('hash')!r} is not supported: DVID export-shards "
+            "only implements 'identity' (it silently falls back to identity for others)"
+        )
+    vals = []
+    for f in ("preshift_bits", "minishard_bits", "shard_bits"):
+        v = sh.get(f)
+        if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v <= 64:
+            raise SpecError(f"{where}: sharding {f} must be an integer 0..64, got {v!r}")
+        vals.append(v)
+    for f in ("minishard_index_encoding", "data_encoding"):
+        v = sh.get(f, "gzip")
+        if v not in ("raw", "gzip"):
+            raise SpecError(f"{where}: sharding {f} must be 'raw' or 'gzip', got {v!r}")
+    # We always write gzip chunk data and gzip minishard indices (smaller, and what every reader expects).
+    return Sharding(*vals)

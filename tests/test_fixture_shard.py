@@ -1,0 +1,127 @@
+"""The real mCNS scale-1 shard written by DVID converts, and reads back through TensorStore
+equal to its decoded blocks (agglomerated and supervoxel modes, every CSV layout, no CSV)."""
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorstore as ts
+
+from backends.base import ShardStatus
+from dispatcher.cli import main
+from dvidexport.reader import ExportFileReader, decompress_block
+from kernels import decode_dvid_block
+from schemas.sharding import shard_bounds, shard_of_dvid_file
+from schemas.spec import VolumeSpec
+from worker.output import kvstore_spec
+
+STEM = "30720_24576_28672"
+CSV_LAYOUTS = {
+    "legacy": f"{STEM}.csv",
+    "offsets": f"{STEM}-offsets.csv",
+    "batch": f"{STEM}-newformat.csv",
+    "none": None,
+}
+
+
+def _export_dir(tmp: Path, fixtures: Path, csv_name: str | None) -> Path:
+    """SOURCE/s1/ with the fixture linked in (the fixture itself is never copied)."""
+    s1 = tmp / "export" / "s1"
+    s1.mkdir(parents=True)
+    os.symlink(fixtures / "mcns-s1-shard" / f"{STEM}.arrow", s1 / f"{STEM}.arrow")
+    if csv_name:
+        os.symlink(fixtures / "mcns-s1-shard" / csv_name, s1 / f"{STEM}.csv")
+    return tmp / "export"
+
+
+def _expected_chunks(arrow: Path, supervoxels: bool):
+    with ExportFileReader(arrow, None) as reader:
+        for rec in reader:
+            block = decompress_block(rec, str(arrow))
+            yield (
+                (rec.x, rec.y, rec.z),
+                decode_dvid_block(block, None if supervoxels else rec.labels),
+            )
+
+
+@pytest.mark.parametrize("layout", list(CSV_LAYOUTS))
+@pytest.mark.parametrize("mode", ["labels", "supervoxels"])
+def test_mcns_shard_converts_and_reads_back(shared_fixtures, tmp_path, layout, mode):
+    spec_path = shared_fixtures / "volume-specs/mcns-export-specs.json"
+    source = _export_dir(tmp_path, shared_fixtures, CSV_LAYOUTS[layout])
+    dest = tmp_path / "vol"
+    argv = [
+        "run",
+        str(source),
+        str(dest),
+        "--spec",
+        str(spec_path),
+        "--workers",
+        "1",
+        "--no-progress",
+    ]
+    if mode == "supervoxels":
+        argv.append("--supervoxels")
+    assert main(argv) == 0
+
+    spec = VolumeSpec.load(spec_path)
+    s1 = spec.scales[1]
+    shard = shard_of_dvid_file(s1, STEM)
+    assert (dest / s1.key / f"{shard:04x}.shard").exists()
+    vol = ts.open(
+        {"driver": "neuroglancer_precomputed", "kvstore": kvstore_spec(str(dest)), "scale_index": 1}
+    ).result()
+    lo, hi = shard_bounds(s1, shard)
+    x0, y0, z0 = (c * 64 for c in lo)
+    x1, y1, z1 = (min(c * 64, s) for c, s in zip(hi, s1.size, strict=True))
+    region = np.asarray(vol[x0:x1, y0:y1, z0:z1, 0].read().result()).transpose(2, 1, 0)
+    seen = np.zeros(region.shape, dtype=bool)
+    n = 0
+    for (cx, cy, cz), want in _expected_chunks(
+        shared_fixtures / "mcns-s1-shard" / f"{STEM}.arrow", mode == "supervoxels"
+    ):
+        ox, oy, oz = cx * 64 - x0, cy * 64 - y0, cz * 64 - z0
+        got = region[oz : oz + 64, oy : oy + 64, ox : ox + 64]
+        assert np.array_equal(got, want[: got.shape[0], : got.shape[1], : got.shape[2]]), (
+            cx,
+            cy,
+            cz,
+        )
+        seen[oz : oz + 64, oy : oy + 64, ox : ox + 64] = True
+        n += 1
+    assert n == 258
+    assert not region[~seen].any(), "voxels outside the exported chunks must read as 0"
+
+
+def test_mcns_state_records_metrics(shared_fixtures, tmp_path):
+    from backends import open_embedded
+
+    source = _export_dir(tmp_path, shared_fixtures, CSV_LAYOUTS["batch"])
+    dest = tmp_path / "vol"
+    spec_path = shared_fixtures / "volume-specs/mcns-export-specs.json"
+    assert (
+        main(
+            [
+                "run",
+                str(source),
+                str(dest),
+                "--spec",
+                str(spec_path),
+                "--no-progress",
+                "--workers",
+                "1",
+            ]
+        )
+        == 0
+    )
+    run_id = json.loads((dest / ".dvid2ng/run.json").read_text())["run_id"]
+    _, state = open_embedded(dest / ".dvid2ng")
+    (rec,) = state.list(run_id)
+    assert rec.status == ShardStatus.DONE
+    assert rec.chunks_expected == 258 and rec.chunks_done == 258
+    assert 0 < rec.chunks_written <= 258
+    assert rec.bytes_written == (dest / "16x16x16" / f"{rec.shard:04x}.shard").stat().st_size
+    assert rec.peak_rss_bytes > 10 * 2**20
+    assert rec.attempts == 1

@@ -1,0 +1,170 @@
+"""Convert one output shard from its DVID export file (the s0 path; any directly exported scale).
+
+Data moves forward only: Arrow records (streamed) -> zstd -> DVID block -> compressed_segmentation
+(direct transcode, label table remapped) -> gzip -> one TensorStore transaction -> one commit.
+Nothing is written unless every record of the file converted: a corrupt block fails the shard.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from dvidexport.reader import ExportFileReader, decompress_block
+from kernels import KernelError, dvid_block_to_cseg
+from kernels.morton import compressed_morton_codes, shard_and_minishard
+from schemas.dvid import ExportFormatError
+from schemas.sharding import dvid_shard_dim_voxels, parse_dvid_file_stem, shard_bounds, shard_name
+from schemas.spec import DVID_BLOCK, Scale
+from schemas.task import ShardTask
+from worker.errors import InputError, Interrupted
+from worker.output import ScaleStore
+
+DEFAULT_GZIP_LEVEL = 6
+PROGRESS_EVERY = 256  # records between progress callbacks
+
+
+@dataclass
+class ShardOutcome:
+    status: str  # "done" or "empty"
+    chunks_read: int = 0  # records in the source file(s)
+    chunks_written: int = 0  # non-empty chunks stored
+    chunks_zero: int = 0  # all-background chunks (not stored)
+    chunks_outside: int = 0  # exported blocks beyond the volume edge (clipped away entirely)
+    bytes_written: int = 0  # shard file size
+    encoded_bytes: int = 0  # sum of gzipped chunk sizes
+    seconds: float = 0.0
+
+
+def gzip_bytes(data: np.ndarray | bytes, level: int) -> bytes:
+    c = zlib.compressobj(level, zlib.DEFLATED, 31)  # wbits 31: gzip container, as the spec asks
+    return c.compress(data) + c.flush()
+
+
+def check_source_unchanged(task: ShardTask) -> None:
+    """The file must be the one that was planned (a re-export in place would mix data)."""
+    src = task.sources[0]
+    try:
+        st = os.stat(src.arrow)
+    except OSError as e:
+        raise InputError(f"cannot read source: {e.strerror}", file=src.arrow) from None
+    if st.st_size != src.size:
+        raise InputError(
+            f"source changed since planning: {st.st_size} bytes, planned {src.size}", file=src.arrow
+        )
+
+
+def transcode_shard(
+    task: ShardTask,
+    store: ScaleStore,
+    *,
+    gzip_level: int = DEFAULT_GZIP_LEVEL,
+    on_progress: Callable[[int], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> ShardOutcome:
+    if task.kind != "transcode":
+        raise InputError(f"task kind {task.kind!r} is not handled by transcode_shard")
+    if task.z_compress:
+        raise InputError("z_compress is not supported yet by this worker")
+    started = time.monotonic()
+    scale = store.scale
+    src = task.sources[0]
+    check_source_unchanged(task)
+    lo, hi = shard_bounds(scale, task.shard)
+    dvid_lo, dvid_hi = _dvid_file_region(scale, src.arrow)
+    supervoxels = task.label_mode == "supervoxels"
+    out = ShardOutcome(status="empty")
+    coords: list[tuple[int, int, int]] = []
+    payloads: list[bytes] = []
+    try:
+        with ExportFileReader(src.arrow, src.csv or None) as reader:
+            for rec in reader:
+                if should_stop is not None and should_stop():
+                    raise Interrupted()
+                out.chunks_read += 1
+                chunk = (rec.x, rec.y, rec.z)
+                extent = scale.chunk_extent(chunk)
+                if not all(lo[d] <= chunk[d] < hi[d] for d in range(3)):
+                    if 0 in extent and all(dvid_lo[d] <= chunk[d] < dvid_hi[d] for d in range(3)):
+                        out.chunks_outside += 1  # DVID exports blocks past the volume edge; clip
+                        continue
+                    raise InputError(
+                        f"record belongs outside output shard {task.shard_name} "
+                        f"(chunks {list(lo)}..{list(hi)} exclusive) that this file stands for",
+                        file=src.arrow,
+                        chunk=chunk,
+                    )
+                block = decompress_block(rec, src.arrow)
+                table = None if supervoxels else rec.labels
+                try:
+                    cseg, nonzero = dvid_block_to_cseg(block, table, extent)
+                except KernelError as e:
+                    raise InputError(
+                        f"corrupt DVID block: {e}", file=src.arrow, chunk=chunk
+                    ) from None
+                if nonzero:
+                    coords.append(chunk)
+                    payloads.append(gzip_bytes(cseg, gzip_level))
+                else:
+                    out.chunks_zero += 1
+                if on_progress is not None and out.chunks_read % PROGRESS_EVERY == 0:
+                    on_progress(out.chunks_read)
+    except ExportFormatError as e:
+        raise InputError(e.cause, file=e.file or src.arrow, chunk=e.chunk) from None
+    chunks = _assign_chunk_ids(scale, task, coords, payloads, src.arrow)
+    out.chunks_written = len(chunks)
+    out.encoded_bytes = sum(len(p) for p in payloads)
+    if should_stop is not None and should_stop():
+        raise Interrupted()
+    # A shard file already present here is left over from an interrupted or foreign run: the
+    # sharded kvstore would merge into it, so start from nothing.
+    if store.shard_size(task.shard) is not None:
+        store.delete_shard(task.shard)
+    if chunks:
+        store.write_shard(chunks)
+        out.status = "done"
+        out.bytes_written = store.shard_size(task.shard) or 0
+    if on_progress is not None:
+        on_progress(out.chunks_read)
+    out.seconds = time.monotonic() - started
+    return out
+
+
+def _assign_chunk_ids(
+    scale: Scale, task: ShardTask, coords: list, payloads: list[bytes], file: str
+) -> dict[int, bytes]:
+    if not coords:
+        return {}
+    arr = np.asarray(coords, dtype=np.int64)
+    codes = compressed_morton_codes(arr, np.asarray(scale.bits, dtype=np.int64))
+    sh = scale.sharding
+    shards, _ = shard_and_minishard(codes, sh.preshift_bits, sh.minishard_bits, sh.shard_bits)
+    wrong = np.nonzero(shards != task.shard)[0]
+    if wrong.size:  # the bounding-box check above should make this impossible
+        i = int(wrong[0])
+        raise InputError(
+            f"chunk maps to shard {shard_name(scale, int(shards[i]))}, not {task.shard_name}",
+            file=file,
+            chunk=tuple(coords[i]),
+        )
+    chunks = dict(zip((int(c) for c in codes), payloads, strict=True))
+    if len(chunks) != len(payloads):
+        raise InputError("two records map to the same chunk id", file=file)
+    return chunks
+
+
+def _dvid_file_region(scale: Scale, arrow_path: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Chunk region DVID may put into the file `X_Y_Z.arrow` (its cubic shard of side D)."""
+    try:
+        origin = parse_dvid_file_stem(Path(arrow_path).stem)
+    except ValueError:
+        return (0, 0, 0), (0, 0, 0)
+    side = dvid_shard_dim_voxels(scale) // DVID_BLOCK
+    lo = tuple(o // DVID_BLOCK for o in origin)
+    return lo, tuple(lo_d + side for lo_d in lo)
