@@ -40,6 +40,16 @@ def configure_logging(
         wrapper_class=structlog.make_filtering_bound_logger(
             getattr(logging, level.upper(), logging.INFO)
         ),
-        logger_factory=structlog.PrintLoggerFactory(stream),
+        logger_factory=_factory(stream if file is not None else None),
         cache_logger_on_first_use=False,
     )
+
+
+def _factory(stream: TextIO | None):
+    """Loggers write to `stream`, or to whatever sys.stderr is at the time (so redirected or
+    captured stderr works)."""
+
+    def make(*_args) -> structlog.PrintLogger:
+        return structlog.PrintLogger(stream if stream is not None else sys.stderr)
+
+    return make
