@@ -9,14 +9,18 @@ from tqdm import tqdm
 
 from backends.base import ShardRecord, ShardStatus
 
+LINE_EVERY_S = 10.0
+_COUNTED = (ShardStatus.RUNNING, ShardStatus.DONE, ShardStatus.EMPTY)
+
 
 class RunProgress:
+    """Called with the run's shard records each time the dispatcher polls the state."""
+
     def __init__(self, total_shards: int, total_chunks: int, *, enabled: bool = True) -> None:
         self.total_shards = total_shards
-        self.tty = sys.stderr.isatty()
         self.enabled = enabled
         self.bar = None
-        if enabled and self.tty:
+        if enabled and sys.stderr.isatty():
             self.bar = tqdm(
                 total=total_chunks or None,
                 unit="chunk",
@@ -26,8 +30,10 @@ class RunProgress:
                 file=sys.stderr,
             )
         self.started = time.monotonic()
-        self.last_line = 0.0
-        self.done_at_start: int | None = None
+        self.last_line = self.started
+        self.chunks_at_start: int | None = None
+        self.text = ""
+        self.printed = ""
 
     def __call__(self, records: list[ShardRecord]) -> None:
         if not self.enabled:
@@ -35,13 +41,9 @@ class RunProgress:
         finished = sum(1 for r in records if r.status.finished)
         failed = sum(1 for r in records if r.status == ShardStatus.FAILED)
         running = sum(1 for r in records if r.status == ShardStatus.RUNNING)
-        chunks = sum(
-            r.chunks_done
-            for r in records
-            if r.status in (ShardStatus.RUNNING, ShardStatus.DONE, ShardStatus.EMPTY)
-        )
-        if self.done_at_start is None:
-            self.done_at_start = chunks
+        chunks = sum(r.chunks_done for r in records if r.status in _COUNTED)
+        if self.chunks_at_start is None:
+            self.chunks_at_start = chunks  # shards finished by earlier runs do not count as speed
         shards = f"shards {finished}/{self.total_shards} ({running} running, {failed} failed)"
         if self.bar is not None:
             self.bar.n = chunks
@@ -49,15 +51,19 @@ class RunProgress:
             self.bar.refresh()
             return
         now = time.monotonic()
-        if now - self.last_line >= 10 or finished + failed == self.total_shards:
+        rate = (chunks - self.chunks_at_start) / max(1e-9, now - self.started)
+        self.text = f"progress: {shards}, {chunks:,} chunks, {rate:,.0f} chunks/s"
+        if now - self.last_line >= LINE_EVERY_S:
             self.last_line = now
-            rate = (chunks - self.done_at_start) / max(1e-9, now - self.started)
-            print(
-                f"progress: {shards}, {chunks:,} chunks, {rate:,.0f} chunks/s",
-                file=sys.stderr,
-                flush=True,
-            )
+            self._print()
+
+    def _print(self) -> None:
+        if self.text and self.text != self.printed:
+            print(self.text, file=sys.stderr, flush=True)
+            self.printed = self.text
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+        elif self.enabled:
+            self._print()  # the final state, once

@@ -45,10 +45,18 @@ def as_u64_table(table: object, what: str, exc: type[KernelError] = KernelError)
     if isinstance(table, np.ndarray):
         t = table
     else:
+        # a sequence of Python ints: np.asarray would turn [7, 2**64 - 1] into float64
         try:
-            t = np.asarray(table)
-        except (ValueError, TypeError, OverflowError) as e:
-            raise exc(f"{what} cannot be converted to an integer array: {e}") from None
+            items = list(table)  # type: ignore[call-overload]
+        except TypeError:
+            raise exc(f"{what} must be a sequence of integers, got {type(table).__name__}") from None
+        for v in items:
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+                raise exc(f"{what} must hold integers, got {v!r}")
+        try:
+            t = np.array([int(v) for v in items], dtype=np.uint64)
+        except OverflowError:
+            raise exc(f"{what} holds values outside 0..2**64-1") from None
     if t.ndim != 1:
         raise exc(f"{what} must be 1-D, got shape {t.shape}")
     if t.dtype != np.uint64:

@@ -289,14 +289,16 @@ def encode_cseg(volume: np.ndarray, block_size=(8, 8, 8)) -> np.ndarray:
         raise KernelError(f"volume must be a numpy array, got {type(volume).__name__}")
     if volume.ndim != 3:
         raise KernelError(f"volume must be 3-D (z, y, x), got shape {volume.shape}")
-    if volume.dtype != np.uint64:
+    if volume.dtype.kind != "u" or volume.dtype.itemsize != 8:
         raise KernelError(f"volume must have dtype uint64, got {volume.dtype}")
     if min(volume.shape) < 1:
         raise KernelError(f"volume must have at least 1 voxel per axis, got shape {volume.shape}")
     bsx, bsy, bsz = _check_block_size(block_size)
-    vol = volume if volume.flags.c_contiguous else np.ascontiguousarray(volume)
-    if vol.dtype.byteorder not in ("=", "|", "<"):
+    vol = volume
+    if not vol.dtype.isnative:
         vol = vol.astype(np.uint64)
+    if not vol.flags.c_contiguous:
+        vol = np.ascontiguousarray(vol)
     vol = vol.view()
     vol.flags.writeable = False
     status, out, nwords = _encode_kernel(vol, bsx, bsy, bsz)

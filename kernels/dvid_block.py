@@ -30,7 +30,6 @@ from ._cseg_core import (
     block_need,
     emit_block,
     emit_table,
-    ensure_capacity,
     new_dedup,
     rank_of,
     sort_unique,

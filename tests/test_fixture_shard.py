@@ -73,7 +73,9 @@ def test_mcns_shard_converts_and_reads_back(shared_fixtures, tmp_path, layout, m
     vol = ts.open(
         {"driver": "neuroglancer_precomputed", "kvstore": kvstore_spec(str(dest)), "scale_index": 1}
     ).result()
-    expected = dict(_expected_chunks(shared_fixtures / "mcns-s1-shard" / f"{STEM}.arrow", mode == "supervoxels"))
+    expected = dict(
+        _expected_chunks(shared_fixtures / "mcns-s1-shard" / f"{STEM}.arrow", mode == "supervoxels")
+    )
     assert len(expected) == 258
     lo, hi = shard_bounds(s1, shard)
     coords = np.array(list(expected))
@@ -84,7 +86,9 @@ def test_mcns_shard_converts_and_reads_back(shared_fixtures, tmp_path, layout, m
                 assert all(lo[d] <= c < hi[d] for d, c in enumerate((cx, cy, cz)))
                 ex, ey, ez = s1.chunk_extent((cx, cy, cz))
                 x0, y0, z0 = cx * 64, cy * 64, cz * 64
-                got = np.asarray(vol[x0 : x0 + ex, y0 : y0 + ey, z0 : z0 + ez, 0].read().result()).transpose(2, 1, 0)
+                got = np.asarray(
+                    vol[x0 : x0 + ex, y0 : y0 + ey, z0 : z0 + ez, 0].read().result()
+                ).transpose(2, 1, 0)
                 want = expected.get((cx, cy, cz))
                 if want is None:
                     assert not got.any(), f"chunk {(cx, cy, cz)} was not exported but has data"

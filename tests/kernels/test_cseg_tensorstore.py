@@ -79,7 +79,7 @@ CASES = [
     ((9, 17, 33), MANY[:5], "noise"),
     ((8, 8, 8), MANY[:17], "noise"),  # 17 distinct values: 8 bits
     ((5, 64, 3), BIG, "blobs"),
-    ((16, 16, 16), MANY[:3] + [0], "stripes"),
+    ((16, 16, 16), [*MANY[:3], 0], "stripes"),
 ]
 
 

@@ -67,7 +67,7 @@ def test_morton_errors(coords, bits, match):
 
 
 def test_shard_errors():
-    with pytest.raises(KernelError, match="shard_bits must be 0..64"):
+    with pytest.raises(KernelError, match=r"shard_bits must be 0\.\.64"):
         shard_and_minishard(np.zeros(1, np.uint64), 0, 0, 65)
     with pytest.raises(KernelError, match="non-negative"):
         shard_and_minishard(np.array([-1]), 0, 0, 1)
