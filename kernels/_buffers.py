@@ -25,17 +25,19 @@ def as_u8(data: object, what: str, exc: type[KernelError] = KernelError) -> np.n
         if not arr.flags.c_contiguous:
             arr = np.ascontiguousarray(arr)
         arr = arr.view()
-    elif isinstance(data, (bytes, bytearray, memoryview)):
-        try:
-            arr = np.frombuffer(data, dtype=np.uint8)
-        except (ValueError, TypeError) as e:
-            if isinstance(data, memoryview):
-                arr = np.frombuffer(data.tobytes(), dtype=np.uint8)
-            else:  # pragma: no cover
-                raise exc(f"{what}: cannot read buffer: {e}") from None
+    elif isinstance(data, (bytes, bytearray)):
+        arr = np.frombuffer(data, dtype=np.uint8)
+    elif isinstance(data, str):
+        raise exc(f"{what} must be bytes, bytearray, memoryview or a np.uint8 array, got str")
     else:
-        raise exc(f"{what} must be bytes, bytearray, memoryview or a np.uint8 array, "
-                  f"got {type(data).__name__}")
+        try:  # any other buffer: memoryview, mmap, pyarrow.Buffer, ...
+            mv = memoryview(data)  # type: ignore[arg-type]
+        except TypeError:
+            raise exc(f"{what} must be bytes, bytearray, memoryview or a np.uint8 array, "
+                      f"got {type(data).__name__}") from None
+        if not mv.c_contiguous:
+            mv = memoryview(mv.tobytes())
+        arr = np.frombuffer(mv, dtype=np.uint8)
     arr.flags.writeable = False
     return arr
 

@@ -45,21 +45,26 @@ def values_words(bits, nvox):
     return (bits * nvox + 31) // 32
 
 
+_GAPS = np.array([701, 301, 132, 57, 23, 10, 4, 1], dtype=np.int64)  # Ciura's shell-sort gaps
+
+
 @njit(cache=True, nogil=True)
 def sort_unique(vals, m):
-    """Sort vals[:m] ascending in place and drop duplicates; return the new length."""
+    """Sort vals[:m] ascending in place (no allocation) and drop duplicates; return the new
+    length. Insertion sort for short tables, shell sort for long ones."""
     if m <= 1:
         return m
-    if m > 24:
-        vals[:m] = np.sort(vals[:m])
-    else:
-        for i in range(1, m):
+    for gi in range(_GAPS.shape[0]):
+        gap = _GAPS[gi]
+        if gap > 1 and (m <= 24 or gap >= m):
+            continue
+        for i in range(gap, m):
             v = vals[i]
-            j = i - 1
-            while j >= 0 and vals[j] > v:
-                vals[j + 1] = vals[j]
-                j -= 1
-            vals[j + 1] = v
+            j = i
+            while j >= gap and vals[j - gap] > v:
+                vals[j] = vals[j - gap]
+                j -= gap
+            vals[j] = v
     k = 1
     for i in range(1, m):
         if vals[i] != vals[k - 1]:

@@ -187,7 +187,7 @@ def _encode_kernel(vol, bsx, bsy, bsz):
     gz = (nz + bsz - 1) // bsz
     nb = gx * gy * gz
     nvox = bsx * bsy * bsz
-    out = np.empty(1 + 2 * nb + 4 * nb + 64, np.uint32)
+    out = np.empty(1 + 2 * nb + 20 * nb + 64, np.uint32)  # grown on demand
     out[0] = 1
     pos = 1 + 2 * nb
     ht_hash, ht_off, ht_len = new_dedup(nb)
@@ -262,6 +262,9 @@ def _encode_kernel(vol, bsx, bsy, bsz):
     return 0, out, pos
 
 
+_MAX_BLOCK_VOXELS = 64**3  # neuroglancer uses 8^3; this only bounds the scratch memory
+
+
 def _check_block_size(block_size, exc=KernelError):
     try:
         bs = tuple(int(b) for b in block_size)
@@ -269,8 +272,8 @@ def _check_block_size(block_size, exc=KernelError):
         raise exc(f"block_size must be three positive integers (x, y, z), got {block_size!r}") from None
     if len(bs) != 3 or any(b < 1 for b in bs):
         raise exc(f"block_size must be three positive integers (x, y, z), got {block_size!r}")
-    if bs[0] * bs[1] * bs[2] > (1 << 24):
-        raise exc(f"block_size {bs} too large: at most 2**24 voxels per block")
+    if bs[0] * bs[1] * bs[2] > _MAX_BLOCK_VOXELS:
+        raise exc(f"block_size {bs} too large: at most {_MAX_BLOCK_VOXELS} voxels per block")
     return bs
 
 
@@ -294,7 +297,7 @@ def encode_cseg(volume: np.ndarray, block_size=(8, 8, 8)) -> np.ndarray:
     if min(volume.shape) < 1:
         raise KernelError(f"volume must have at least 1 voxel per axis, got shape {volume.shape}")
     bsx, bsy, bsz = _check_block_size(block_size)
-    vol = volume
+    vol = np.asarray(volume)  # drop ndarray subclasses (memmap, ...)
     if not vol.dtype.isnative:
         vol = vol.astype(np.uint64)
     if not vol.flags.c_contiguous:

@@ -95,6 +95,8 @@ def compressed_morton_codes(coords: np.ndarray, bits) -> np.ndarray:
     if c.dtype.kind == "u" and c.size and int(c.max()) > np.iinfo(np.int64).max:
         raise KernelError("coords out of range: values exceed int64")
     c = np.ascontiguousarray(c, dtype=np.int64)
+    if not c.flags.writeable:  # one Numba specialisation: always a writable array
+        c = c.copy()
     out = np.zeros(c.shape[0], np.uint64)
     bad = np.zeros(1, np.int64)
     r = _morton_kernel(c, bx, by, bz, out, bad)
@@ -123,6 +125,8 @@ def shard_and_minishard(codes, preshift_bits: int, minishard_bits: int, shard_bi
     if a.dtype.kind == "i" and a.size and int(a.min()) < 0:
         raise KernelError("codes must be non-negative")
     a = np.ascontiguousarray(a, dtype=np.uint64)
+    if not a.flags.writeable:  # one Numba specialisation: always a writable array
+        a = a.copy()
     shard = np.empty(a.shape[0], np.uint64)
     minishard = np.empty(a.shape[0], np.uint64)
     _shard_kernel(a, p, m, s, shard, minishard)

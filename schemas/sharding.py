@@ -24,6 +24,29 @@ def compressed_morton_code(chunk: Chunk, bits: tuple[int, int, int]) -> int:
     return code
 
 
+def morton_axis_tables(scale: Scale) -> tuple[list[int], list[int], list[int]]:
+    """Per-axis contributions to the compressed Morton code: code(x, y, z) = tx[x] | ty[y] | tz[z].
+
+    The code only interleaves bits, so each axis adds its own bits independently; with these
+    tables a chunk id costs three lookups instead of a bit loop.
+    """
+    tables = []
+    for d in range(3):
+        unit = [0, 0, 0]
+        row = []
+        for v in range(scale.grid[d]):
+            unit[d] = v
+            row.append(compressed_morton_code(tuple(unit), scale.bits))  # type: ignore[arg-type]
+        tables.append(row)
+    return tables[0], tables[1], tables[2]
+
+
+def shard_of_code(scale: Scale, code: int) -> int:
+    sh = scale.sharding
+    h = code >> sh.preshift_bits if sh.preshift_bits < 64 else 0
+    return (h >> sh.minishard_bits) & ((1 << sh.shard_bits) - 1)
+
+
 def shard_and_minishard(scale: Scale, chunk: Chunk) -> tuple[int, int]:
     sh = scale.sharding
     code = compressed_morton_code(chunk, scale.bits)

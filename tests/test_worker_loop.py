@@ -11,7 +11,7 @@ from dispatcher.plan import plan_transcode
 from schemas.tiers import tier_names
 from tests.exports import make_export, read_scale_tensorstore
 from worker.loop import Worker
-from worker.output import ScaleStore, write_info
+from worker.output import ShardWriter, write_info
 
 
 @pytest.fixture(scope="module")
@@ -63,16 +63,16 @@ def test_poison_message_goes_straight_to_dead_letter(setup):
 def test_transient_fault_is_retried_then_succeeds(setup, monkeypatch):
     """A storage fault no real part produces on demand: the first commit raises OSError."""
     plan, queue, state = setup
-    real = ScaleStore.write_shard
+    real = ShardWriter.commit
     calls = {"n": 0}
 
-    def flaky(self, chunks):
+    def flaky(self):
         calls["n"] += 1
         if calls["n"] == 1:
             raise OSError("injected: connection reset during commit")
-        return real(self, chunks)
+        return real(self)
 
-    monkeypatch.setattr(ScaleStore, "write_shard", flaky)
+    monkeypatch.setattr(ShardWriter, "commit", flaky)
     Worker(queue, state, worker_id="w1").run(tier_names())
     records = state.list(plan.run_id)
     assert all(r.status.finished for r in records)
@@ -84,10 +84,10 @@ def test_transient_fault_is_retried_then_succeeds(setup, monkeypatch):
 def test_persistent_fault_escalates_through_tiers_then_dead_letters(setup, monkeypatch):
     plan, queue, state = setup
 
-    def broken(self, chunks):
+    def broken(self):
         raise MemoryError("injected: out of memory")
 
-    monkeypatch.setattr(ScaleStore, "write_shard", broken)
+    monkeypatch.setattr(ShardWriter, "commit", broken)
     Worker(queue, state, worker_id="w1").run(tier_names())
     dead = queue.dead_letters()
     done_or_empty = [r for r in state.list(plan.run_id) if r.status.finished]

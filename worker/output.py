@@ -9,6 +9,7 @@ costs level-9 deflate on one thread and holds every raw chunk in memory until th
 
 from __future__ import annotations
 
+import functools
 import json
 import struct
 from collections.abc import Mapping
@@ -16,9 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import tensorstore as ts
 
-from schemas.sharding import shard_name
+from schemas.sharding import morton_axis_tables, shard_name
 from schemas.spec import Scale, VolumeSpec
 
 
@@ -133,28 +135,63 @@ class ScaleStore:
             context=self.context,
         ).result()
 
+    @functools.cached_property
+    def morton_tables(self) -> tuple[list[int], list[int], list[int]]:
+        return morton_axis_tables(self.scale)
+
     def shard_file(self, shard: int) -> str:
         return shard_name(self.scale, shard) + ".shard"
 
     def shard_size(self, shard: int) -> int | None:
-        """Size in bytes of the shard file, or None if it does not exist."""
-        got = self.base.read(self.shard_file(shard).encode()).result()
-        return len(got.value) if got.state == "value" else None
+        """Size in bytes of the shard file, or None if it does not exist.
+
+        Reads only the shard index (16 bytes per minishard): its entries are (start, end)
+        offsets relative to the end of the index, so the file ends at the largest `end`.
+        """
+        index_len = 16 << self.scale.sharding.minishard_bits
+        got = self.base.read(self.shard_file(shard).encode(), byte_range=slice(0, index_len)).result()
+        if got.state != "value":
+            return None
+        entries = np.frombuffer(bytes(got.value), dtype="<u8")
+        return index_len + int(entries[1::2].max(initial=0))
 
     def delete_shard(self, shard: int) -> None:
         self.base.delete(self.shard_file(shard).encode()).result()
 
     def write_shard(self, chunks: Mapping[int, bytes]) -> None:
-        """Write every chunk of one shard in a single transaction and commit it once.
-
-        Each write's future is awaited (a dropped future loses the write silently) before the
-        one commit, which TensorStore turns into a single write of the whole shard file.
-        """
-        txn = ts.Transaction()
-        kv = self.sharded.with_transaction(txn)
+        """Write every chunk of one shard in a single transaction and commit it once."""
+        writer = self.begin_shard()
         for chunk_id in sorted(chunks):
-            kv.write(chunk_key(chunk_id), chunks[chunk_id]).result()
-        txn.commit_async().result()
+            writer.write(chunk_id, chunks[chunk_id])
+        writer.commit()
+
+    def begin_shard(self) -> ShardWriter:
+        return ShardWriter(self)
+
+
+class ShardWriter:
+    """Stages the chunks of ONE output shard in a TensorStore transaction as they are produced
+    (so only TensorStore holds them), then commits once: a single write of the shard file.
+
+    Each write's future is awaited: an unawaited write can be dropped silently (the
+    predecessor lost data that way). Dropping the writer without `commit` writes nothing.
+    """
+
+    def __init__(self, store: ScaleStore) -> None:
+        self.store = store
+        self.txn = ts.Transaction()
+        self.kv = store.sharded.with_transaction(self.txn)
+        self.chunks = 0
+
+    def write(self, chunk_id: int, data: bytes) -> None:
+        self.kv.write(chunk_key(chunk_id), data).result()
+        self.chunks += 1
+
+    def commit(self) -> None:
+        self.txn.commit_async().result()
+
+    def abort(self) -> None:
+        self.txn.abort()
 
 
 def open_scale_store(

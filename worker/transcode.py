@@ -18,13 +18,17 @@ import numpy as np
 
 from dvidexport.reader import ExportFileReader, decompress_block
 from kernels import KernelError, dvid_block_to_cseg
-from kernels.morton import compressed_morton_codes, shard_and_minishard
 from schemas.dvid import ExportFormatError
-from schemas.sharding import dvid_shard_dim_voxels, parse_dvid_file_stem, shard_bounds, shard_name
+from schemas.sharding import (
+    dvid_shard_dim_voxels,
+    parse_dvid_file_stem,
+    shard_bounds,
+    shard_of_code,
+)
 from schemas.spec import DVID_BLOCK, Scale
 from schemas.task import ShardTask
 from worker.errors import InputError, Interrupted
-from worker.output import ScaleStore
+from worker.output import ScaleStore, ShardWriter
 
 DEFAULT_GZIP_LEVEL = 6
 PROGRESS_EVERY = 256  # records between progress callbacks
@@ -68,20 +72,50 @@ def transcode_shard(
     on_progress: Callable[[int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> ShardOutcome:
+    """Convert the shard; commit only if every record converted (else nothing is written)."""
     if task.kind != "transcode":
         raise InputError(f"task kind {task.kind!r} is not handled by transcode_shard")
     if task.z_compress:
         raise InputError("z_compress is not supported yet by this worker")
     started = time.monotonic()
+    check_source_unchanged(task)
+    writer = store.begin_shard()
+    try:
+        out = _convert_records(task, store, writer, gzip_level, on_progress, should_stop)
+        if should_stop is not None and should_stop():
+            raise Interrupted()
+        # A shard file already here is left over from an interrupted or foreign run: the sharded
+        # kvstore would merge into it, so start from nothing.
+        if store.shard_size(task.shard) is not None:
+            store.delete_shard(task.shard)
+        if out.chunks_written:
+            writer.commit()
+            out.status = "done"
+            out.bytes_written = store.shard_size(task.shard) or 0
+    except BaseException:
+        writer.abort()
+        raise
+    if on_progress is not None:
+        on_progress(out.chunks_read)
+    out.seconds = time.monotonic() - started
+    return out
+
+
+def _convert_records(
+    task: ShardTask,
+    store: ScaleStore,
+    writer: ShardWriter,
+    gzip_level: int,
+    on_progress: Callable[[int], None] | None,
+    should_stop: Callable[[], bool] | None,
+) -> ShardOutcome:
     scale = store.scale
     src = task.sources[0]
-    check_source_unchanged(task)
     lo, hi = shard_bounds(scale, task.shard)
     dvid_lo, dvid_hi = _dvid_file_region(scale, src.arrow)
+    tx, ty, tz = store.morton_tables
     supervoxels = task.label_mode == "supervoxels"
     out = ShardOutcome(status="empty")
-    coords: list[tuple[int, int, int]] = []
-    payloads: list[bytes] = []
     try:
         with ExportFileReader(src.arrow, src.csv or None) as reader:
             for rec in reader:
@@ -100,63 +134,38 @@ def transcode_shard(
                         file=src.arrow,
                         chunk=chunk,
                     )
+                code = tx[rec.x] | ty[rec.y] | tz[rec.z]
+                if (
+                    shard_of_code(scale, code) != task.shard
+                ):  # bbox and code agree unless the geometry code is wrong
+                    raise InputError(
+                        f"chunk id {code} is not in shard {task.shard_name}",
+                        file=src.arrow,
+                        chunk=chunk,
+                    )
                 block = decompress_block(rec, src.arrow)
-                table = None if supervoxels else rec.labels
                 try:
-                    cseg, nonzero = dvid_block_to_cseg(block, table, extent)
+                    cseg, nonzero = dvid_block_to_cseg(
+                        block, None if supervoxels else rec.labels, extent
+                    )
                 except KernelError as e:
                     raise InputError(
                         f"corrupt DVID block: {e}", file=src.arrow, chunk=chunk
                     ) from None
                 if nonzero:
-                    coords.append(chunk)
-                    payloads.append(gzip_bytes(cseg, gzip_level))
+                    data = gzip_bytes(cseg, gzip_level)
+                    writer.write(code, data)
+                    out.chunks_written += 1
+                    out.encoded_bytes += len(data)
                 else:
                     out.chunks_zero += 1
                 if on_progress is not None and out.chunks_read % PROGRESS_EVERY == 0:
                     on_progress(out.chunks_read)
     except ExportFormatError as e:
         raise InputError(e.cause, file=e.file or src.arrow, chunk=e.chunk) from None
-    chunks = _assign_chunk_ids(scale, task, coords, payloads, src.arrow)
-    out.chunks_written = len(chunks)
-    out.encoded_bytes = sum(len(p) for p in payloads)
-    if should_stop is not None and should_stop():
-        raise Interrupted()
-    # A shard file already present here is left over from an interrupted or foreign run: the
-    # sharded kvstore would merge into it, so start from nothing.
-    if store.shard_size(task.shard) is not None:
-        store.delete_shard(task.shard)
-    if chunks:
-        store.write_shard(chunks)
-        out.status = "done"
-        out.bytes_written = store.shard_size(task.shard) or 0
-    if on_progress is not None:
-        on_progress(out.chunks_read)
-    out.seconds = time.monotonic() - started
+    except (FileNotFoundError, PermissionError, IsADirectoryError) as e:
+        raise InputError(f"cannot read source: {e}", file=src.arrow) from None
     return out
-
-
-def _assign_chunk_ids(
-    scale: Scale, task: ShardTask, coords: list, payloads: list[bytes], file: str
-) -> dict[int, bytes]:
-    if not coords:
-        return {}
-    arr = np.asarray(coords, dtype=np.int64)
-    codes = compressed_morton_codes(arr, np.asarray(scale.bits, dtype=np.int64))
-    sh = scale.sharding
-    shards, _ = shard_and_minishard(codes, sh.preshift_bits, sh.minishard_bits, sh.shard_bits)
-    wrong = np.nonzero(shards != task.shard)[0]
-    if wrong.size:  # the bounding-box check above should make this impossible
-        i = int(wrong[0])
-        raise InputError(
-            f"chunk maps to shard {shard_name(scale, int(shards[i]))}, not {task.shard_name}",
-            file=file,
-            chunk=tuple(coords[i]),
-        )
-    chunks = dict(zip((int(c) for c in codes), payloads, strict=True))
-    if len(chunks) != len(payloads):
-        raise InputError("two records map to the same chunk id", file=file)
-    return chunks
 
 
 def _dvid_file_region(scale: Scale, arrow_path: str) -> tuple[tuple[int, ...], tuple[int, ...]]:

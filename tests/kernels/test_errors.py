@@ -159,6 +159,11 @@ def test_buffer_types():
     for b in (bytearray(block), memoryview(block), arr, arr[None, :]):
         np.testing.assert_array_equal(decode_dvid_block(b), vol)
         assert dvid_block_to_cseg(b)[0].tobytes() == cseg.tobytes()
+    # a strided memoryview (copied) and other buffer-protocol objects
+    doubled = bytes(b for ch in block for b in (ch, 0))
+    np.testing.assert_array_equal(decode_dvid_block(memoryview(doubled)[::2]), vol)
+    pa = pytest.importorskip("pyarrow")
+    np.testing.assert_array_equal(decode_dvid_block(pa.py_buffer(block)), vol)
     # an unaligned uint8 view
     big = np.zeros(len(block) + 1, np.uint8)
     big[1:] = arr
