@@ -101,9 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--gzip-level",
         type=int,
         default=6,
-        choices=range(1, 10),
-        metavar="1-9",
-        help="deflate level of chunk data (default 6)",
+        choices=range(1, 13),
+        metavar="1-12",
+        help="libdeflate level of the gzipped chunk data (default 6; 1 is ~2x faster, ~15%% larger)",
     )
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
 

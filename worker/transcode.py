@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import os
 import time
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import deflate
 import numpy as np
 
 from dvidexport.reader import ExportFileReader, decompress_block
@@ -47,8 +47,9 @@ class ShardOutcome:
 
 
 def gzip_bytes(data: np.ndarray | bytes, level: int) -> bytes:
-    c = zlib.compressobj(level, zlib.DEFLATED, 31)  # wbits 31: gzip container, as the spec asks
-    return c.compress(data) + c.flush()
+    """A gzip member, as `data_encoding: gzip` asks. libdeflate: at level 6 about 2.5x faster
+    than zlib's level 6 with a slightly better ratio on cseg chunks (bench/bench_gzip.py)."""
+    return bytes(deflate.gzip_compress(data, level))
 
 
 def check_source_unchanged(task: ShardTask) -> None:
