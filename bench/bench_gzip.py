@@ -26,11 +26,15 @@ def _zlib_like(mod, level):
     return f
 
 
+def _libdeflate(deflate, level):
+    return lambda b: deflate.gzip_compress(b, level)
+
+
 def candidates():
     import deflate
 
     out = {f"zlib {lvl}": _zlib_like(zlib, lvl) for lvl in (1, 3, 6, 9)}
-    out.update({f"libdeflate {lvl}": (lambda lvl: lambda b: deflate.gzip_compress(b, lvl))(lvl) for lvl in (1, 4, 6, 9)})
+    out.update({f"libdeflate {lvl}": _libdeflate(deflate, lvl) for lvl in (1, 4, 6, 9)})
     try:
         from zlib_ng import zlib_ng
 
@@ -59,7 +63,9 @@ def main() -> None:
             c, _ = dvid_block_to_cseg(decompress_block(rec, str(ARROW)), rec.labels, None)
             csegs.append(bytes(c))
     raw = sum(map(len, csegs))
-    print(f"mCNS fixture: {len(csegs)} cseg chunks, {raw / len(csegs) / 1e3:.1f} KB per chunk before gzip")
+    print(
+        f"mCNS fixture: {len(csegs)} cseg chunks, {raw / len(csegs) / 1e3:.1f} KB per chunk before gzip"
+    )
     for name, f in candidates().items():
         best = float("inf")
         for _ in range(3):

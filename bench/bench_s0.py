@@ -61,8 +61,8 @@ def make_synthetic_shard(chunks: int, labels_per_chunk: int = 30, seed: int = 0)
     from a synthetic segmentation; each record gets its own body ids through `labels`."""
     from dvidexport.synthetic import synthetic_volume
     from dvidexport.writer import write_export_file
-    from kernels.dvid_encode import encode_dvid_block
     from kernels import dvid_block_table
+    from kernels.dvid_encode import encode_dvid_block
 
     src = OUT / f"synthetic-{chunks}-{labels_per_chunk}labels" / "s0"
     arrow = src / "0_0_0.arrow"
@@ -75,7 +75,9 @@ def make_synthetic_shard(chunks: int, labels_per_chunk: int = 30, seed: int = 0)
     for z in range(0, 384, 64):
         for y in range(0, 384, 64):
             for x in range(0, 384, 64):
-                block = encode_dvid_block(np.ascontiguousarray(vol[z : z + 64, y : y + 64, x : x + 64]), rng=rng)
+                block = encode_dvid_block(
+                    np.ascontiguousarray(vol[z : z + 64, y : y + 64, x : x + 64]), rng=rng
+                )
                 pool.append((block, dvid_block_table(block)))
     order = rng.permutation(32 * 32 * 32)[:chunks]
 
@@ -83,7 +85,9 @@ def make_synthetic_shard(chunks: int, labels_per_chunk: int = 30, seed: int = 0)
         for i, flat in enumerate(order):
             block, table = pool[i % len(pool)]
             cx, cy, cz = int(flat % 32), int(flat // 32 % 32), int(flat // 1024)
-            bodies = np.where(table == 0, 0, table // 3 + np.uint64(i % 97))  # merges, per-chunk ids
+            bodies = np.where(
+                table == 0, 0, table // 3 + np.uint64(i % 97)
+            )  # merges, per-chunk ids
             yield cx, cy, cz, bodies.astype(np.uint64), table, block
 
     write_export_file(arrow, arrow.with_suffix(".csv"), records(), csv_layout="batch")
@@ -138,7 +142,11 @@ def measure_baseline(source: Path, spec_path: Path, scale: int, dest: Path, limi
     sc = spec.scales[scale]
     arrow = next((source / f"s{scale}").glob("*.arrow"))
     vol = ts.open(
-        {"driver": "neuroglancer_precomputed", "kvstore": kvstore_spec(str(dest)), "scale_index": scale},
+        {
+            "driver": "neuroglancer_precomputed",
+            "kvstore": kvstore_spec(str(dest)),
+            "scale_index": scale,
+        },
         context=io_context(threads=1),
     ).result()
     reset_peak_rss()
@@ -159,7 +167,12 @@ def measure_baseline(source: Path, spec_path: Path, scale: int, dest: Path, limi
             n += 1
     txn.commit_async().result()
     seconds = time.perf_counter() - t
-    return {"chunks": n, "seconds": seconds, "chunks_per_s": n / seconds, "peak_rss_mib": peak_rss_bytes() / 2**20}
+    return {
+        "chunks": n,
+        "seconds": seconds,
+        "chunks_per_s": n / seconds,
+        "peak_rss_mib": peak_rss_bytes() / 2**20,
+    }
 
 
 def _child(args: argparse.Namespace) -> None:
@@ -171,13 +184,29 @@ def _child(args: argparse.Namespace) -> None:
     print(json.dumps(result))
 
 
-def run_child(kind: str, source: Path, spec: Path, scale: int, tag: str, baseline_chunks: int) -> dict:
+def run_child(
+    kind: str, source: Path, spec: Path, scale: int, tag: str, baseline_chunks: int
+) -> dict:
     import shutil
 
     dest = OUT / f"dest-{tag}-{kind}"
     shutil.rmtree(dest, ignore_errors=True)
-    cmd = [sys.executable, __file__, "--child", kind, "--source", str(source), "--spec", str(spec),
-           "--scale", str(scale), "--dest", str(dest), "--baseline-chunks", str(baseline_chunks)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        kind,
+        "--source",
+        str(source),
+        "--spec",
+        str(spec),
+        "--scale",
+        str(scale),
+        "--dest",
+        str(dest),
+        "--baseline-chunks",
+        str(baseline_chunks),
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True)
     shutil.rmtree(dest, ignore_errors=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -186,7 +215,10 @@ def run_child(kind: str, source: Path, spec: Path, scale: int, tag: str, baselin
 def fixture_source() -> Path:
     src = OUT / "fixture" / "s1"
     src.mkdir(parents=True, exist_ok=True)
-    for suffix, name in ((".arrow", f"{FIXTURE_STEM}.arrow"), (".csv", f"{FIXTURE_STEM}-newformat.csv")):
+    for suffix, name in (
+        (".arrow", f"{FIXTURE_STEM}.arrow"),
+        (".csv", f"{FIXTURE_STEM}-newformat.csv"),
+    ):
         link = src / f"{FIXTURE_STEM}{suffix}"
         if not link.exists():
             link.symlink_to(FIXTURE / "mcns-s1-shard" / name)
@@ -194,12 +226,23 @@ def fixture_source() -> Path:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--case", choices=["fixture", "synthetic", "all"], default="all")
     p.add_argument("--chunks", type=int, default=32768, help="records in the synthetic shard")
-    p.add_argument("--labels", type=int, default=30, help="labels per chunk in the synthetic shard (s0: 10-50)")
-    p.add_argument("--baseline-chunks", type=int, default=1024, help="cap for the baseline (raw arrays in memory)")
-    p.add_argument("--repeat", type=int, default=3, help="runs per measurement; the best is reported")
+    p.add_argument(
+        "--labels", type=int, default=30, help="labels per chunk in the synthetic shard (s0: 10-50)"
+    )
+    p.add_argument(
+        "--baseline-chunks",
+        type=int,
+        default=1024,
+        help="cap for the baseline (raw arrays in memory)",
+    )
+    p.add_argument(
+        "--repeat", type=int, default=3, help="runs per measurement; the best is reported"
+    )
     p.add_argument("--child", choices=["ours", "baseline"], help=argparse.SUPPRESS)
     p.add_argument("--source", help=argparse.SUPPRESS)
     p.add_argument("--spec", help=argparse.SUPPRESS)
@@ -213,7 +256,14 @@ def main() -> None:
     cases = []
     if args.case in ("fixture", "all"):
         if FIXTURE.is_dir():
-            cases.append(("mcns-fixture", fixture_source(), FIXTURE / "volume-specs/mcns-export-specs.json", 1))
+            cases.append(
+                (
+                    "mcns-fixture",
+                    fixture_source(),
+                    FIXTURE / "volume-specs/mcns-export-specs.json",
+                    1,
+                )
+            )
         else:
             print(f"skipping the fixture case: {FIXTURE} not found", file=sys.stderr)
     if args.case in ("synthetic", "all"):
@@ -222,12 +272,18 @@ def main() -> None:
     results = {}
     for tag, source, spec, scale in cases:
         for kind in ("ours", "baseline"):
-            runs = [run_child(kind, source, spec, scale, tag, args.baseline_chunks) for _ in range(args.repeat)]
+            runs = [
+                run_child(kind, source, spec, scale, tag, args.baseline_chunks)
+                for _ in range(args.repeat)
+            ]
             best = max(runs, key=lambda r: r["chunks_per_s"])
             best["peak_rss_mib"] = max(r["peak_rss_mib"] for r in runs)
             results[f"{tag}/{kind}"] = best
-            print(f"{tag:>28} {kind:>8}: {best['chunks']:>6} chunks  {best['chunks_per_s']:8.1f} chunks/s/core  "
-                  f"peak RSS {best['peak_rss_mib']:7.1f} MiB  ({best['seconds']:.2f} s)", flush=True)
+            print(
+                f"{tag:>28} {kind:>8}: {best['chunks']:>6} chunks  {best['chunks_per_s']:8.1f} chunks/s/core  "
+                f"peak RSS {best['peak_rss_mib']:7.1f} MiB  ({best['seconds']:.2f} s)",
+                flush=True,
+            )
     old = json.loads((OUT / "results.json").read_text()) if (OUT / "results.json").exists() else {}
     (OUT / "results.json").write_text(json.dumps({**old, **results}, indent=2))
 

@@ -45,9 +45,13 @@ def _tiny_block() -> bytes:
     counts = [2, 1, 0, 3, 1, 1, 1, 1]
     indices = [0, 1, 2, 0, 1, 2, 0, 0, 0, 0]
     vals = bytes([0x0F] * 64) + bytes([0b00011000] * 128)  # 1 bit, then 2 bits (values 0,1,2)
-    return (struct.pack("<4I", 2, 2, 2, len(table)) + struct.pack(f"<{len(table)}Q", *table)
-            + struct.pack(f"<{len(counts)}H", *counts) + struct.pack(f"<{len(indices)}I", *indices)
-            + vals)
+    return (
+        struct.pack("<4I", 2, 2, 2, len(table))
+        + struct.pack(f"<{len(table)}Q", *table)
+        + struct.pack(f"<{len(counts)}H", *counts)
+        + struct.pack(f"<{len(indices)}I", *indices)
+        + vals
+    )
 
 
 def warm_up() -> None:

@@ -20,7 +20,9 @@ def as_u8(data: object, what: str, exc: type[KernelError] = KernelError) -> np.n
     """
     if isinstance(data, np.ndarray):
         if data.dtype != np.uint8:
-            raise exc(f"{what} must be bytes-like or a np.uint8 array, got array of dtype {data.dtype}")
+            raise exc(
+                f"{what} must be bytes-like or a np.uint8 array, got array of dtype {data.dtype}"
+            )
         arr = data.reshape(-1) if data.ndim != 1 else data
         if not arr.flags.c_contiguous:
             arr = np.ascontiguousarray(arr)
@@ -33,8 +35,10 @@ def as_u8(data: object, what: str, exc: type[KernelError] = KernelError) -> np.n
         try:  # any other buffer: memoryview, mmap, pyarrow.Buffer, ...
             mv = memoryview(data)  # type: ignore[arg-type]
         except TypeError:
-            raise exc(f"{what} must be bytes, bytearray, memoryview or a np.uint8 array, "
-                      f"got {type(data).__name__}") from None
+            raise exc(
+                f"{what} must be bytes, bytearray, memoryview or a np.uint8 array, "
+                f"got {type(data).__name__}"
+            ) from None
         if not mv.c_contiguous:
             mv = memoryview(mv.tobytes())
         arr = np.frombuffer(mv, dtype=np.uint8)
@@ -51,7 +55,9 @@ def as_u64_table(table: object, what: str, exc: type[KernelError] = KernelError)
         try:
             items = list(table)  # type: ignore[call-overload]
         except TypeError:
-            raise exc(f"{what} must be a sequence of integers, got {type(table).__name__}") from None
+            raise exc(
+                f"{what} must be a sequence of integers, got {type(table).__name__}"
+            ) from None
         for v in items:
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
                 raise exc(f"{what} must hold integers, got {v!r}")

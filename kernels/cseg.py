@@ -49,13 +49,15 @@ def _row_known(flat, row, ex, k0, k1, k2, k3):
     if ex == 8:
         for x in range(8):
             v = flat[r + np.uint64(x)]
-            unknown |= (np.uint64(v != k0) & np.uint64(v != k1) & np.uint64(v != k2)
-                        & np.uint64(v != k3))
+            unknown |= (
+                np.uint64(v != k0) & np.uint64(v != k1) & np.uint64(v != k2) & np.uint64(v != k3)
+            )
     else:
         for x in range(ex):
             v = flat[r + np.uint64(x)]
-            unknown |= (np.uint64(v != k0) & np.uint64(v != k1) & np.uint64(v != k2)
-                        & np.uint64(v != k3))
+            unknown |= (
+                np.uint64(v != k0) & np.uint64(v != k1) & np.uint64(v != k2) & np.uint64(v != k3)
+            )
     return unknown == _U0
 
 
@@ -124,8 +126,9 @@ def _ranks_small(flat, base, nx, ny, ex, ey, ez, bsx, bsy, sv, m, rl):
 
 
 @njit(cache=True, nogil=True)
-def _scan_block(flat, base, nx, ny, ex, ey, ez, bsx, bsy, loc, seen, slots, hkey, hval, hshift,
-                hsize):
+def _scan_block(
+    flat, base, nx, ny, ex, ey, ez, bsx, bsy, loc, seen, slots, hkey, hval, hshift, hsize
+):
     """General case (any number of distinct values): distinct values of one block in order
     of first appearance -> seen[:m]; loc[k] = local id of block position k. Returns m."""
     first = flat[base]
@@ -236,15 +239,32 @@ def _encode_kernel(vol, bsx, bsy, bsz):
                             rl[:] = 0
                         _ranks_small(flat, base, nx, ny, ex, ey, ez, bsx, bsy, sv, m, rl)
                         pos = pack_rl(out, pos, bits, rl, nvox)
-                    pos = emit_table(out, pos, hdr, values_off, bits, sv, m, ht_hash, ht_off,
-                                     ht_len)
+                    pos = emit_table(
+                        out, pos, hdr, values_off, bits, sv, m, ht_hash, ht_off, ht_len
+                    )
                     if pos == EMIT_OFFSET_OVERFLOW:
                         return 1, out, 0
                     continue
                 if partial:
                     loc[:] = sentinel
-                m = _scan_block(flat, base, nx, ny, ex, ey, ez, bsx, bsy, loc, seen, slots, hkey,
-                                hval, hshift, hsize)
+                m = _scan_block(
+                    flat,
+                    base,
+                    nx,
+                    ny,
+                    ex,
+                    ey,
+                    ez,
+                    bsx,
+                    bsy,
+                    loc,
+                    seen,
+                    slots,
+                    hkey,
+                    hval,
+                    hshift,
+                    hsize,
+                )
                 if m == 1:
                     sv[0] = seen[0]
                     remap[0] = 0
@@ -256,7 +276,9 @@ def _encode_kernel(vol, bsx, bsy, bsz):
                         remap[i] = rank_of(sv, m, seen[i])
                 remap[sentinel] = 0
                 out = ensure_capacity(out, pos, block_need(m, nvox))
-                pos = emit_block(out, pos, hdr, sv, m, loc, remap, nvox, rl, ht_hash, ht_off, ht_len)
+                pos = emit_block(
+                    out, pos, hdr, sv, m, loc, remap, nvox, rl, ht_hash, ht_off, ht_len
+                )
                 if pos == EMIT_OFFSET_OVERFLOW:
                     return 1, out, 0
     return 0, out, pos
@@ -269,7 +291,9 @@ def _check_block_size(block_size, exc=KernelError):
     try:
         bs = tuple(int(b) for b in block_size)
     except (TypeError, ValueError):
-        raise exc(f"block_size must be three positive integers (x, y, z), got {block_size!r}") from None
+        raise exc(
+            f"block_size must be three positive integers (x, y, z), got {block_size!r}"
+        ) from None
     if len(bs) != 3 or any(b < 1 for b in bs):
         raise exc(f"block_size must be three positive integers (x, y, z), got {block_size!r}")
     if bs[0] * bs[1] * bs[2] > _MAX_BLOCK_VOXELS:
@@ -359,8 +383,15 @@ def _decode_kernel(words, nz, ny, nx, bsx, bsy, bsz, out, info):
                 voff = np.int64(words[chan + 2 * hdr + 1])
                 toff = h0 & 0xFFFFFF
                 bits = h0 >> 24
-                if bits != 0 and bits != 1 and bits != 2 and bits != 4 and bits != 8 \
-                        and bits != 16 and bits != 32:
+                if (
+                    bits != 0
+                    and bits != 1
+                    and bits != 2
+                    and bits != 4
+                    and bits != 8
+                    and bits != 16
+                    and bits != 32
+                ):
                     info[0] = hdr
                     info[1] = bits
                     return _D_BITS
@@ -465,20 +496,28 @@ def decode_cseg(data, shape_zyx, block_size=(8, 8, 8)) -> np.ndarray:
     elif st == _D_HEADERS:
         msg = f"truncated: block headers need {i[0]} words after the channel offset, have {i[1]}"
     elif st == _D_BITS:
-        msg = f"{_block_name(i[0], gx, gy)} has invalid encoded bits {i[1]} (must be 0,1,2,4,8,16,32)"
+        msg = (
+            f"{_block_name(i[0], gx, gy)} has invalid encoded bits {i[1]} (must be 0,1,2,4,8,16,32)"
+        )
     elif st == _D_VOFF24:
         msg = f"{_block_name(i[0], gx, gy)} values offset {i[1]} exceeds 24 bits"
     elif st == _D_TABLE_OFF:
-        msg = (f"{_block_name(i[0], gx, gy)} table offset {i[1]} is past the end of the "
-               f"channel data ({i[2]} words)")
+        msg = (
+            f"{_block_name(i[0], gx, gy)} table offset {i[1]} is past the end of the "
+            f"channel data ({i[2]} words)"
+        )
     elif st == _D_VALUES_OFF:
-        msg = (f"{_block_name(i[0], gx, gy)} encoded values at offset {i[1]} need {i[2]} words, "
-               f"channel data has {i[3]} words")
+        msg = (
+            f"{_block_name(i[0], gx, gy)} encoded values at offset {i[1]} need {i[2]} words, "
+            f"channel data has {i[3]} words"
+        )
     elif st == _D_EMPTY_TABLE:
         msg = f"{_block_name(i[0], gx, gy)} lookup table at offset {i[1]} is empty (end of buffer)"
     elif st == _D_INDEX:
-        msg = (f"{_block_name(i[0], gx, gy)} voxel (x={i[1]},y={i[2]},z={i[3]}) index {i[4]} out of "
-               f"range: only {i[5]} table entries fit in the buffer")
+        msg = (
+            f"{_block_name(i[0], gx, gy)} voxel (x={i[1]},y={i[2]},z={i[3]}) index {i[4]} out of "
+            f"range: only {i[5]} table entries fit in the buffer"
+        )
     else:  # pragma: no cover
         msg = f"unknown decoder status {st}"
     raise CsegDecodeError("compressed_segmentation " + msg)

@@ -57,8 +57,13 @@ _U8 = np.uint64(8)
 _LO32 = np.uint64(0xFFFFFFFF)
 # bit-reversed bytes: DVID packs MSB-first, compressed_segmentation LSB-first
 # for a byte of four 2-bit values: the bitmask of the values present
-_USED2 = np.array([(1 << (i >> 6)) | (1 << ((i >> 4) & 3)) | (1 << ((i >> 2) & 3)) | (1 << (i & 3))
-                   for i in range(256)], dtype=np.uint64)
+_USED2 = np.array(
+    [
+        (1 << (i >> 6)) | (1 << ((i >> 4) & 3)) | (1 << ((i >> 2) & 3)) | (1 << (i & 3))
+        for i in range(256)
+    ],
+    dtype=np.uint64,
+)
 _REV8 = np.array([int(f"{i:08b}"[::-1], 2) for i in range(256)], dtype=np.uint64)
 
 # status codes --------------------------------------------------------------------------
@@ -93,8 +98,12 @@ def _rd16(buf, p):
 
 @njit(cache=True, nogil=True)
 def _rd32(buf, p):
-    return (np.int64(buf[p]) | (np.int64(buf[p + 1]) << 8) | (np.int64(buf[p + 2]) << 16)
-            | (np.int64(buf[p + 3]) << 24))
+    return (
+        np.int64(buf[p])
+        | (np.int64(buf[p + 1]) << 8)
+        | (np.int64(buf[p + 2]) << 16)
+        | (np.int64(buf[p + 3]) << 24)
+    )
 
 
 @njit(cache=True, nogil=True)
@@ -281,8 +290,12 @@ def _pack_1bit(buf, p, swap, out, pos):
         q += np.uint64(4)
         or_all |= np.uint64(b0 | b1 | b2 | b3)
         and_all &= np.uint64(b0 & b1 & b2 & b3)
-        w = (_REV8[b0] | (_REV8[b1] << _U8) | (_REV8[b2] << np.uint64(16))
-             | (_REV8[b3] << np.uint64(24)))
+        w = (
+            _REV8[b0]
+            | (_REV8[b1] << _U8)
+            | (_REV8[b2] << np.uint64(16))
+            | (_REV8[b3] << np.uint64(24))
+        )
         out[o + np.uint64(wi)] = w ^ inv
     used = 0
     if and_all != np.uint64(255):
@@ -569,8 +582,9 @@ def _transcode_kernel(buf, override, use_override, nx, ny, nz, info, max_voxels)
                             return _value_error(vals, c, sbi, info), empty, 0, False
                         done = used == (np.int64(1) << c) - 1
                     if done:
-                        pos = emit_table(out, pos + 16 * bits, hdr, pos - 1, bits, sv, m,
-                                         ht_hash, ht_off, ht_len)
+                        pos = emit_table(
+                            out, pos + 16 * bits, hdr, pos - 1, bits, sv, m, ht_hash, ht_off, ht_len
+                        )
                         if pos == EMIT_OFFSET_OVERFLOW:
                             return _OFFSET_OVERFLOW, empty, 0, False
                         if sv[m - 1] != zero:
@@ -605,7 +619,9 @@ def _transcode_kernel(buf, override, use_override, nx, ny, nz, info, max_voxels)
                 remap[c] = 0
                 if sv[m - 1] != zero:
                     nonzero = True
-                pos = emit_block(out, pos, hdr, sv, m, vals, remap, 512, rl, ht_hash, ht_off, ht_len)
+                pos = emit_block(
+                    out, pos, hdr, sv, m, vals, remap, 512, rl, ht_hash, ht_off, ht_len
+                )
                 if pos == EMIT_OFFSET_OVERFLOW:
                     return _OFFSET_OVERFLOW, empty, 0, False
     return _OK, out, pos, nonzero
@@ -629,43 +645,67 @@ def _raise(st: int, info: np.ndarray, extent=None) -> None:
     if st == _HEADER_TRUNC:
         msg = f"DVID block truncated: header needs 16 bytes, buffer has {e[0]}"
     elif st == _BAD_GRID:
-        msg = (f"DVID block header invalid: sub-block grid gx={gx} gy={gy} gz={gz}; "
-               f"gx, gy, gz must each be 1..{MAX_SUBBLOCKS_PER_AXIS}")
+        msg = (
+            f"DVID block header invalid: sub-block grid gx={gx} gy={gy} gz={gz}; "
+            f"gx, gy, gz must each be 1..{MAX_SUBBLOCKS_PER_AXIS}"
+        )
     elif st == _TOO_MANY_VOXELS:
-        msg = (f"DVID block header invalid: gx={gx} gy={gy} gz={gz} means "
-               f"{512 * gx * gy * gz} voxels, more than the limit MAX_BLOCK_VOXELS={MAX_BLOCK_VOXELS}")
+        msg = (
+            f"DVID block header invalid: gx={gx} gy={gy} gz={gz} means "
+            f"{512 * gx * gy * gz} voxels, more than the limit MAX_BLOCK_VOXELS={MAX_BLOCK_VOXELS}"
+        )
     elif st == _NO_LABELS:
         msg = "DVID block invalid: label table has 0 entries (N=0 is not allowed)"
     elif st == _TABLE_TRUNC:
-        msg = (f"DVID block truncated: label table of {nl} entries needs {e[0]} bytes, "
-               f"buffer has {e[1]}")
+        msg = (
+            f"DVID block truncated: label table of {nl} entries needs {e[0]} bytes, "
+            f"buffer has {e[1]}"
+        )
     elif st == _COUNTS_TRUNC:
-        msg = (f"DVID block truncated: {gx * gy * gz} sub-block palette counts after a table of "
-               f"{nl} labels need {e[0]} bytes, buffer has {e[1]}")
+        msg = (
+            f"DVID block truncated: {gx * gy * gz} sub-block palette counts after a table of "
+            f"{nl} labels need {e[0]} bytes, buffer has {e[1]}"
+        )
     elif st == _PALETTE_TOO_BIG:
-        msg = (f"DVID block corrupt: {_sb_name(e[0], info)} palette size {e[1]} exceeds 512 "
-               f"(a sub-block has only 512 voxels)")
+        msg = (
+            f"DVID block corrupt: {_sb_name(e[0], info)} palette size {e[1]} exceeds 512 "
+            f"(a sub-block has only 512 voxels)"
+        )
     elif st == _INDICES_TRUNC:
-        msg = (f"DVID block truncated: {e[0]} sub-block palette indices need {e[1]} bytes "
-               f"in total, buffer has {e[2]}")
+        msg = (
+            f"DVID block truncated: {e[0]} sub-block palette indices need {e[1]} bytes "
+            f"in total, buffer has {e[2]}"
+        )
     elif st == _VALUES_TRUNC:
-        msg = (f"DVID block truncated: {e[0]} bytes of packed sub-block values make the block "
-               f"{e[1]} bytes, buffer has {e[2]}")
+        msg = (
+            f"DVID block truncated: {e[0]} bytes of packed sub-block values make the block "
+            f"{e[1]} bytes, buffer has {e[2]}"
+        )
     elif st == _TRAILING:
-        msg = (f"DVID block corrupt: block with {nl} labels should be exactly {e[0]} bytes, "
-               f"buffer has {e[1]} ({e[1] - e[0]} unexpected trailing bytes)")
+        msg = (
+            f"DVID block corrupt: block with {nl} labels should be exactly {e[0]} bytes, "
+            f"buffer has {e[1]} ({e[1] - e[0]} unexpected trailing bytes)"
+        )
     elif st == _INDEX_RANGE:
-        msg = (f"DVID block corrupt: {_sb_name(e[0], info)} palette index {e[2]} (entry {e[1]}) "
-               f"out of range: block has {nl} labels")
+        msg = (
+            f"DVID block corrupt: {_sb_name(e[0], info)} palette index {e[2]} (entry {e[1]}) "
+            f"out of range: block has {nl} labels"
+        )
     elif st == _VALUE_RANGE:
-        msg = (f"DVID block corrupt: {_sb_name(e[0], info)} voxel (x={e[1]},y={e[2]},z={e[3]}) "
-               f"has palette value {e[4]} out of range: sub-block palette has {e[5]} entries")
+        msg = (
+            f"DVID block corrupt: {_sb_name(e[0], info)} voxel (x={e[1]},y={e[2]},z={e[3]}) "
+            f"has palette value {e[4]} out of range: sub-block palette has {e[5]} entries"
+        )
     elif st == _TABLE_LEN:
-        msg = (f"label table given for the DVID block has {e[0]} entries, the block's own "
-               f"table has {nl}; they must match by position")
+        msg = (
+            f"label table given for the DVID block has {e[0]} entries, the block's own "
+            f"table has {nl}; they must match by position"
+        )
     elif st == _BAD_EXTENT:
-        raise KernelError(f"extent {tuple(extent)} (x, y, z) invalid for a DVID block of "
-                          f"{8 * gx}x{8 * gy}x{8 * gz} voxels (x, y, z): each must be 1..block side")
+        raise KernelError(
+            f"extent {tuple(extent)} (x, y, z) invalid for a DVID block of "
+            f"{8 * gx}x{8 * gy}x{8 * gz} voxels (x, y, z): each must be 1..block side"
+        )
     elif st == _OFFSET_OVERFLOW:  # pragma: no cover - impossible for <= 1024^3 blocks of 8^3
         msg = "DVID block too large for compressed_segmentation: offset exceeds 24 bits"
     else:  # pragma: no cover
@@ -734,7 +774,9 @@ def dvid_block_to_cseg(
         try:
             nx, ny, nz = (int(v) for v in extent)
         except (TypeError, ValueError):
-            raise KernelError(f"extent must be three integers (nx, ny, nz), got {extent!r}") from None
+            raise KernelError(
+                f"extent must be three integers (nx, ny, nz), got {extent!r}"
+            ) from None
         if not all(1 <= v <= 8 * MAX_SUBBLOCKS_PER_AXIS for v in (nx, ny, nz)):
             raise KernelError(f"extent {extent!r} (x, y, z) invalid: each must be 1..block side")
     info = np.zeros(_INFO_LEN, np.int64)

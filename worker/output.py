@@ -149,7 +149,9 @@ class ScaleStore:
         offsets relative to the end of the index, so the file ends at the largest `end`.
         """
         index_len = 16 << self.scale.sharding.minishard_bits
-        got = self.base.read(self.shard_file(shard).encode(), byte_range=slice(0, index_len)).result()
+        got = self.base.read(
+            self.shard_file(shard).encode(), byte_range=slice(0, index_len)
+        ).result()
         if got.state != "value":
             return None
         entries = np.frombuffer(bytes(got.value), dtype="<u8")

@@ -51,10 +51,14 @@ def dense_volume(rng: np.random.Generator, cell: int, side: int = 64) -> np.ndar
     """Dense segmentation: one warped cell per `cell`^3 lattice site (jittered seeds, nearest
     seed among the 27 neighbouring sites). cell=9 gives ~350 labels per 64^3, cell=6 ~1200."""
     n = -(-side // cell) + 2
-    seeds = (np.indices((n, n, n)).transpose(1, 2, 3, 0) - 1 + rng.uniform(0, 1, (n, n, n, 3))) * cell
+    seeds = (
+        np.indices((n, n, n)).transpose(1, 2, 3, 0) - 1 + rng.uniform(0, 1, (n, n, n, 3))
+    ) * cell
     ids = rng.integers(1, 2**63, size=(n, n, n), dtype=np.uint64)
     z, y, x = np.meshgrid(*(np.arange(side, dtype=np.float32),) * 3, indexing="ij")
-    p = np.stack([z + 1.5 * np.sin(0.3 * y), y + 1.5 * np.sin(0.3 * x), x + 1.5 * np.sin(0.3 * z)], -1)
+    p = np.stack(
+        [z + 1.5 * np.sin(0.3 * y), y + 1.5 * np.sin(0.3 * x), x + 1.5 * np.sin(0.3 * z)], -1
+    )
     site = (np.stack([z, y, x], -1) // cell).astype(np.int64) + 1
     best = np.full(z.shape, np.inf, np.float32)
     out = np.zeros(z.shape, np.uint64)
@@ -105,8 +109,10 @@ def report(title, blocks, tables=None):
     pairs = list(zip(blocks, tables, strict=True))
     vols = [K.decode_dvid_block(b) for b in blocks]
     csegs = [K.dvid_block_to_cseg(b, t)[0] for b, t in pairs]
-    print(f"\n== {title}: {len(blocks)} blocks, mean DVID block {np.mean([len(b) for b in blocks]) / 1024:.1f} KiB, "
-          f"mean cseg {np.mean([len(c) for c in csegs]) / 1024:.1f} KiB")
+    print(
+        f"\n== {title}: {len(blocks)} blocks, mean DVID block {np.mean([len(b) for b in blocks]) / 1024:.1f} KiB, "
+        f"mean cseg {np.mean([len(c) for c in csegs]) / 1024:.1f} KiB"
+    )
     r = timeit(lambda p: K.dvid_block_to_cseg(p[0], p[1]), pairs)
     print(f"dvid_block_to_cseg          {r:9.0f} blocks/s  ({r * 2 / 1024:.2f} GiB/s of voxels)")
     r = timeit(lambda p: K.dvid_block_to_cseg(p[0], p[1], (64, 64, 13)), pairs)
@@ -150,15 +156,19 @@ def main() -> None:
         stats.append(sub_block_label_stats(vol))
         blocks.append(encode_dvid_block_reference(vol))
     st = np.array(stats)
-    print(f"synthetic: labels/block {st[:, 0].min():.0f}-{st[:, 0].max():.0f}, mean labels/sub-block "
-          f"{st[:, 1].mean():.2f}, max labels/sub-block {st[:, 2].max():.0f}")
+    print(
+        f"synthetic: labels/block {st[:, 0].min():.0f}-{st[:, 0].max():.0f}, mean labels/sub-block "
+        f"{st[:, 1].mean():.2f}, max labels/sub-block {st[:, 2].max():.0f}"
+    )
     report("synthetic s0-like", blocks)
 
     for cell in (9, 6):
         vols = [dense_volume(rng, cell) for _ in range(6)]
         st = np.array([sub_block_label_stats(v) for v in vols])
-        print(f"\ndense (cell {cell}): labels/block {st[:, 0].min():.0f}-{st[:, 0].max():.0f}, mean "
-              f"labels/sub-block {st[:, 1].mean():.2f}, max {st[:, 2].max():.0f}")
+        print(
+            f"\ndense (cell {cell}): labels/block {st[:, 0].min():.0f}-{st[:, 0].max():.0f}, mean "
+            f"labels/sub-block {st[:, 1].mean():.2f}, max {st[:, 2].max():.0f}"
+        )
         report(f"dense synthetic, cell {cell}", [encode_dvid_block_reference(v) for v in vols])
 
     arrow = FIXTURES / "mcns-s1-shard" / "30720_24576_28672.arrow"

@@ -25,7 +25,11 @@ def _fill(rng: np.random.Generator, shape, alphabet: np.ndarray, kind: str) -> n
     elif kind == "blobs":  # coarse random grid, upsampled: spatially coherent regions
         cell = int(rng.integers(2, 9))
         coarse = rng.integers(0, n, size=tuple(-(-s // cell) for s in shape))
-        idx = coarse.repeat(cell, 0).repeat(cell, 1).repeat(cell, 2)[: shape[0], : shape[1], : shape[2]]
+        idx = (
+            coarse.repeat(cell, 0)
+            .repeat(cell, 1)
+            .repeat(cell, 2)[: shape[0], : shape[1], : shape[2]]
+        )
     elif kind == "slabs":  # label changes along x only, at random positions
         cuts = np.sort(rng.integers(0, shape[2] + 1, size=n - 1)) if n > 1 else np.zeros(0, int)
         idx = np.broadcast_to(np.searchsorted(cuts, np.arange(shape[2]), side="right"), shape)
@@ -82,8 +86,11 @@ def assembled_blocks(draw, max_g: int = 2):
             palettes.append([int(rng.integers(0, n_table))])
             values.append(None)
             continue
-        n = {"small": int(rng.integers(2, 17)), "unused": int(rng.integers(2, 17)),
-             "big": int(rng.integers(17, 70))}[kind]
+        n = {
+            "small": int(rng.integers(2, 17)),
+            "unused": int(rng.integers(2, 17)),
+            "big": int(rng.integers(17, 70)),
+        }[kind]
         pal = rng.integers(0, n_table, size=n).tolist()  # repeats allowed
         if kind == "unused":  # some entries never referenced by a voxel
             k = int(rng.integers(1, n + 1))

@@ -59,7 +59,7 @@ def decode_dvid_block_reference(block: bytes, table=None) -> np.ndarray:
                     raise ValueError("index out of range")
                 pal = [labels[indices[ip + j]] for j in range(c)]
                 ip += c
-                region = out[8 * sz:8 * sz + 8, 8 * sy:8 * sy + 8, 8 * sx:8 * sx + 8]
+                region = out[8 * sz : 8 * sz + 8, 8 * sy : 8 * sy + 8, 8 * sx : 8 * sx + 8]
                 if c == 0:
                     region[...] = 0
                 elif c == 1:
@@ -113,7 +113,7 @@ def encode_dvid_block_reference(volume_zyx: np.ndarray, table_order=None) -> byt
     for sz in range(gz):
         for sy in range(gy):
             for sx in range(gx):
-                sub = vol[8 * sz:8 * sz + 8, 8 * sy:8 * sy + 8, 8 * sx:8 * sx + 8].reshape(-1)
+                sub = vol[8 * sz : 8 * sz + 8, 8 * sy : 8 * sy + 8, 8 * sx : 8 * sx + 8].reshape(-1)
                 subs.append(sub)
     palettes = [_first_appearance(s) for s in subs]
     distinct = _first_appearance(v for p in palettes for v in p)
@@ -158,7 +158,7 @@ def encode_cseg_reference(volume_zyx: np.ndarray, block_size=(8, 8, 8)) -> bytes
     for kz in range(gz):
         for ky in range(gy):
             for kx in range(gx):
-                sub = vol[kz * bz:(kz + 1) * bz, ky * by:(ky + 1) * by, kx * bx:(kx + 1) * bx]
+                sub = vol[kz * bz : (kz + 1) * bz, ky * by : (ky + 1) * by, kx * bx : (kx + 1) * bx]
                 table = tuple(sorted({int(v) for v in sub.reshape(-1)}))
                 m = len(table)
                 bits = 0

@@ -55,7 +55,9 @@ def _volume(shape, labels, kind, seed):
     if kind == "blobs":
         coarse = rng.integers(0, len(labels), size=tuple(-(-s // 5) for s in shape))
         return np.ascontiguousarray(
-            labels[coarse.repeat(5, 0).repeat(5, 1).repeat(5, 2)[: shape[0], : shape[1], : shape[2]]]
+            labels[
+                coarse.repeat(5, 0).repeat(5, 1).repeat(5, 2)[: shape[0], : shape[1], : shape[2]]
+            ]
         )
     if kind == "stripes":  # the same few tables recur in many blocks: exercises table sharing
         z, y, x = np.indices(shape)
@@ -111,10 +113,14 @@ def test_transcoded_edge_chunk_matches_tensorstore(tmp_path):
     block = encode_dvid_block_reference(vol)
     for nx, ny, nz in ((64, 64, 13), (10, 12, 14), (64, 64, 64)):
         cseg, _ = dvid_block_to_cseg(block, extent=(nx, ny, nz))
-        assert cseg.tobytes() == tensorstore_chunk(np.ascontiguousarray(vol[:nz, :ny, :nx]), tmp_path)
+        assert cseg.tobytes() == tensorstore_chunk(
+            np.ascontiguousarray(vol[:nz, :ny, :nx]), tmp_path
+        )
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(vol=label_volumes(max_side=24))
 def test_encode_cseg_matches_tensorstore_random(tmp_path, vol):
     expected = tensorstore_chunk(vol, tmp_path)

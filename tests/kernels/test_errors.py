@@ -51,7 +51,9 @@ def test_header_truncated_message():
 
 
 def test_bad_grid_message():
-    with pytest.raises(CorruptBlockError, match=r"gx=0 gy=8 gz=8; gx, gy, gz must each be 1\.\.128"):
+    with pytest.raises(
+        CorruptBlockError, match=r"gx=0 gy=8 gz=8; gx, gy, gz must each be 1\.\.128"
+    ):
         decode_dvid_block(struct.pack("<4IQ", 0, 8, 8, 1, 5))
     with pytest.raises(CorruptBlockError, match="gx=129"):
         decode_dvid_block(struct.pack("<4IQ", 129, 8, 8, 1, 5))
@@ -71,7 +73,7 @@ def test_palette_index_out_of_range_message():
     block = bytearray(_block(n=5))
     n, nsb = 5, 512
     off = 16 + 8 * n + 2 * nsb + 4 * (2 * 37 + 1)  # sub-block 37, second palette entry
-    block[off:off + 4] = struct.pack("<I", 7)
+    block[off : off + 4] = struct.pack("<I", 7)
     with pytest.raises(
         CorruptBlockError,
         match=r"sub-block 37 \(sx=5,sy=4,sz=0\) palette index 7 \(entry 1\) out of range: block has 5 labels",
@@ -92,8 +94,10 @@ def test_value_out_of_range_message():
     v[1] = 3
     vals[3] = v
     block = assemble_dvid_block((2, 2, 2), [5, 6, 7], pal, vals)
-    msg = (r"sub-block 3 \(sx=1,sy=1,sz=0\) voxel \(x=1,y=0,z=0\) has palette value 3 out of "
-           r"range: sub-block palette has 3 entries")
+    msg = (
+        r"sub-block 3 \(sx=1,sy=1,sz=0\) voxel \(x=1,y=0,z=0\) has palette value 3 out of "
+        r"range: sub-block palette has 3 entries"
+    )
     with pytest.raises(CorruptBlockError, match=msg):
         decode_dvid_block(block)
     with pytest.raises(CorruptBlockError, match=msg):
@@ -105,7 +109,7 @@ def test_value_out_of_range_message():
 
 def test_palette_larger_than_512():
     block = bytearray(_block(grid=(1, 1, 1), n=2))
-    block[16 + 16:16 + 18] = struct.pack("<H", 513)
+    block[16 + 16 : 16 + 18] = struct.pack("<H", 513)
     with pytest.raises(CorruptBlockError, match="palette size 513 exceeds 512"):
         decode_dvid_block(bytes(block))
 
@@ -115,18 +119,24 @@ def test_truncation_messages():
     assert len(block) == 106
     with pytest.raises(CorruptBlockError, match=r"palette counts .* need 34 bytes, buffer has 33"):
         decode_dvid_block(block[:33])
-    with pytest.raises(CorruptBlockError, match="palette indices need 42 bytes in total, buffer has 41"):
+    with pytest.raises(
+        CorruptBlockError, match="palette indices need 42 bytes in total, buffer has 41"
+    ):
         decode_dvid_block(block[:41])
     with pytest.raises(CorruptBlockError, match="make the block 106 bytes, buffer has 105"):
         decode_dvid_block(block[:105])
-    with pytest.raises(CorruptBlockError, match=r"exactly 106 bytes, buffer has 108 \(2 unexpected"):
+    with pytest.raises(
+        CorruptBlockError, match=r"exactly 106 bytes, buffer has 108 \(2 unexpected"
+    ):
         decode_dvid_block(block + b"\0\0")
 
 
 def test_table_length_must_match():
     block = _block(n=5)
     for bad in ([1, 2, 3, 4], [1] * 6, []):
-        with pytest.raises(CorruptBlockError, match=f"has {len(bad)} entries, the block's own table has 5"):
+        with pytest.raises(
+            CorruptBlockError, match=f"has {len(bad)} entries, the block's own table has 5"
+        ):
             decode_dvid_block(block, np.array(bad, np.uint64))
         with pytest.raises(CorruptBlockError, match="must match by position"):
             dvid_block_to_cseg(block, bad)
@@ -137,8 +147,9 @@ def test_table_types():
     expected = decode_dvid_block(block, np.array([7, 2**64 - 1], np.uint64))
     for t in ([7, 2**64 - 1], np.array([7, 2**64 - 1], dtype=object)):
         np.testing.assert_array_equal(decode_dvid_block(block, t), expected)
-    np.testing.assert_array_equal(decode_dvid_block(block, np.array([7, 8], np.int32)),
-                                  decode_dvid_block(block, [7, 8]))
+    np.testing.assert_array_equal(
+        decode_dvid_block(block, np.array([7, 8], np.int32)), decode_dvid_block(block, [7, 8])
+    )
     with pytest.raises(CorruptBlockError, match="negative"):
         decode_dvid_block(block, np.array([-1, 3]))
     with pytest.raises(CorruptBlockError, match=r"outside 0\.\.2"):
@@ -217,7 +228,9 @@ def test_decode_cseg_messages():
         decode_cseg(bytes(data[:12]), vol.shape)
     bad = bytearray(data)
     bad[4 + 3] = 3  # block 0 bits = 3
-    with pytest.raises(CsegDecodeError, match=r"block 0 \(bx=0,by=0,bz=0\) has invalid encoded bits 3"):
+    with pytest.raises(
+        CsegDecodeError, match=r"block 0 \(bx=0,by=0,bz=0\) has invalid encoded bits 3"
+    ):
         decode_cseg(bytes(bad), vol.shape)
     bad = bytearray(data)
     bad[12:16] = struct.pack("<I", 10**6)  # block 1 table offset

@@ -40,7 +40,7 @@ def _small_block() -> bytes:
             for sx in range(2):
                 c = counts[i]
                 i += 1
-                vol[8 * sz:8 * sz + 8, 8 * sy:8 * sy + 8, 8 * sx:8 * sx + 8] = labels[
+                vol[8 * sz : 8 * sz + 8, 8 * sy : 8 * sy + 8, 8 * sx : 8 * sx + 8] = labels[
                     rng.integers(0, c, size=(8, 8, 8))
                 ]
     return encode_dvid_block_reference(vol)
@@ -91,7 +91,9 @@ def test_every_truncation_of_a_solid_block():
         with pytest.raises(CorruptBlockError):
             decode_dvid_block(solid[:n])
     # a solid block ends after its table; trailing bytes are ignored
-    np.testing.assert_array_equal(decode_dvid_block(solid + b"junk"), np.full((64,) * 3, 2**64 - 1, np.uint64))
+    np.testing.assert_array_equal(
+        decode_dvid_block(solid + b"junk"), np.full((64,) * 3, 2**64 - 1, np.uint64)
+    )
 
 
 @pytest.mark.parametrize("extra", [1, 3, 64, 1000])
@@ -112,8 +114,20 @@ def mutated_blocks(draw):
     else:
         block = bytearray(encode_dvid_block_reference(draw(dvid_volumes(max_g=2))))
     for _ in range(draw(st.integers(1, 4))):
-        op = draw(st.sampled_from(["flip", "flip_header", "header_field", "count", "index", "byte",
-                                   "truncate", "extend"]))
+        op = draw(
+            st.sampled_from(
+                [
+                    "flip",
+                    "flip_header",
+                    "header_field",
+                    "count",
+                    "index",
+                    "byte",
+                    "truncate",
+                    "extend",
+                ]
+            )
+        )
         n = len(block)
         if op == "flip" and n:
             i = draw(st.integers(0, n - 1))
@@ -124,25 +138,25 @@ def mutated_blocks(draw):
         elif op == "header_field" and n >= 16:
             f = draw(st.integers(0, 3))
             v = draw(st.sampled_from([0, 1, 2, 7, 9, 127, 128, 129, 2**16, 2**31, 2**32 - 1]))
-            block[4 * f:4 * f + 4] = struct.pack("<I", v)
+            block[4 * f : 4 * f + 4] = struct.pack("<I", v)
         elif op == "count" and n >= 18:
             nl = struct.unpack_from("<I", block, 12)[0]
             off = 16 + 8 * nl + 2 * draw(st.integers(0, 7))
             if off + 2 <= n:
                 v = draw(st.sampled_from([0, 1, 2, 3, 4, 5, 255, 511, 512, 513, 65535]))
-                block[off:off + 2] = struct.pack("<H", v)
+                block[off : off + 2] = struct.pack("<H", v)
         elif op == "index" and n >= 16:
             nl = struct.unpack_from("<I", block, 12)[0]
             nsb = 8
             off = 16 + 8 * nl + 2 * nsb + 4 * draw(st.integers(0, 20))
             if off + 4 <= n:
                 v = draw(st.sampled_from([0, 1, nl - 1, nl, nl + 1, 2**32 - 1]))
-                block[off:off + 4] = struct.pack("<I", v % 2**32)
+                block[off : off + 4] = struct.pack("<I", v % 2**32)
         elif op == "byte" and n:
             i = draw(st.integers(0, n - 1))
             block[i] = draw(st.integers(0, 255))
         elif op == "truncate":
-            del block[draw(st.integers(0, n)):]
+            del block[draw(st.integers(0, n)) :]
         elif op == "extend":
             block += draw(st.binary(min_size=1, max_size=40))
     return bytes(block)
@@ -191,12 +205,12 @@ def cseg_inputs(draw):
             elif op == "byte" and n:
                 data[draw(st.integers(0, n - 1))] = draw(st.integers(0, 255))
             elif op == "truncate":
-                del data[draw(st.integers(0, n)):]
+                del data[draw(st.integers(0, n)) :]
             elif op == "extend":
                 data += draw(st.binary(min_size=1, max_size=16))
             elif op == "header" and n >= 12:
                 w = draw(st.integers(0, min(n // 4 - 1, 40)))
-                data[4 * w:4 * w + 4] = struct.pack("<I", draw(st.integers(0, 2**32 - 1)))
+                data[4 * w : 4 * w + 4] = struct.pack("<I", draw(st.integers(0, 2**32 - 1)))
         data = bytes(data)
     else:
         data = draw(st.binary(max_size=400))

@@ -60,10 +60,10 @@ def test_worked_example_cseg_layout():
     assert len(data) == 4188 == 4 + 512 * 8 + (16 + 4) * 4 + 2 * 4
     w = np.frombuffer(data, dtype="<u4")
     assert w[0] == 1
-    hdr = w[1:1 + 1024].reshape(512, 2)
+    hdr = w[1 : 1 + 1024].reshape(512, 2)
     # block 0: table offset 1040, 1 bit, values at 1024 (offsets in words from byte 4)
     assert hdr[0, 0] == 1040 | (1 << 24) and hdr[0, 1] == 1024
-    values0 = w[1 + 1024:1 + 1040]
+    values0 = w[1 + 1024 : 1 + 1040]
     assert values0.tolist() == [0xF0F0F0F0] * 16  # x >= 4 -> index 1
     assert np.frombuffer(data, "<u8", count=2, offset=4 + 1040 * 4).tolist() == [100, 200]
     # block 1: 0 bits, its table [100] at 1044 (and its empty values there too)
@@ -88,7 +88,9 @@ def test_worked_example_body_mapping():
     cseg, nonzero = dvid_block_to_cseg(block, np.array([7, 7], dtype=np.uint64))
     assert nonzero
     assert len(cseg) == 4 + 512 * 8 + 8
-    np.testing.assert_array_equal(decode_dvid_block(block, [7, 7]), np.full((64, 64, 64), 7, np.uint64))
+    np.testing.assert_array_equal(
+        decode_dvid_block(block, [7, 7]), np.full((64, 64, 64), 7, np.uint64)
+    )
     # both map to background: still a valid chunk, but nothing non-zero
     cseg, nonzero = dvid_block_to_cseg(block, [0, 0])
     assert not nonzero
