@@ -60,8 +60,9 @@ DEMO_SPEC = {
 }
 
 
-def demo_volumes(seed: int = 7) -> tuple[dict[int, np.ndarray], dict[int, np.ndarray]]:
-    """Per-scale supervoxel volumes (ZYX) and the agglomerated volumes a reader should see."""
+def demo_volumes(seed: int = 7):
+    """Per-scale supervoxel volumes (ZYX), the supervoxel -> body mapping, and the agglomerated
+    volumes a reader should see."""
     from dvidexport.synthetic import synthetic_agglomeration, synthetic_volume
 
     size = DEMO_SPEC["scales"][0]["size"]
@@ -70,7 +71,7 @@ def demo_volumes(seed: int = 7) -> tuple[dict[int, np.ndarray], dict[int, np.nda
     to_body = synthetic_agglomeration(np.unique(s0), seed=seed)
     supervoxels = {0: s0, 1: s1}
     bodies = {s: to_body(v) for s, v in supervoxels.items()}
-    return supervoxels, bodies
+    return supervoxels, to_body, bodies
 
 
 def prepare_dir(root: Path) -> None:
@@ -89,7 +90,6 @@ def run_demo(root: Path, workers: int = 2) -> int:
     from dispatcher.embedded import run_embedded
     from dispatcher.plan import plan_transcode
     from dispatcher.progress import RunProgress
-    from dvidexport.synthetic import synthetic_agglomeration
     from dvidexport.writer import write_export
     from schemas.spec import VolumeSpec
 
@@ -98,8 +98,7 @@ def run_demo(root: Path, workers: int = 2) -> int:
     spec_path = root / "spec.json"
     spec_path.write_text(json.dumps(DEMO_SPEC, indent=2))
     spec = VolumeSpec.from_json(DEMO_SPEC)
-    supervoxels, bodies = demo_volumes()
-    to_body = synthetic_agglomeration(np.unique(supervoxels[0]), seed=7)
+    supervoxels, to_body, bodies = demo_volumes()
     print(f"1/3 writing a synthetic DVID export to {root / 'export'} ...", file=sys.stderr)
     write_export(root / "export", spec, supervoxels, labels_of=to_body, seed=7)
     print("2/3 converting it ...", file=sys.stderr)

@@ -174,3 +174,27 @@ def test_existing_different_info_is_not_overwritten(export, tmp_path, capsys):
     assert "exists and differs" in capsys.readouterr().err
     assert (dest / "info").read_text() == before
     assert not list(dest.rglob("*.shard"))
+
+
+def test_all_background_file_is_recorded_empty_not_missing(export, tmp_path):
+    """Older DVID versions exported all-zero blocks; such a shard gets no file but must be
+    recorded as converted-and-empty, and the run succeeds."""
+    source, dest = export.source_copy, tmp_path / "vol"
+    arrow = _biggest_s0_file(source)
+    solid_zero = (
+        (8).to_bytes(4, "little") * 3 + (1).to_bytes(4, "little") + (0).to_bytes(8, "little")
+    )
+    assert len(solid_zero) == 24
+    recs = [
+        (x, y, z, np.zeros(1, np.uint64), np.zeros(1, np.uint64), solid_zero)
+        for x, y, z, *_ in _records(arrow)
+    ]
+    write_export_file(arrow, arrow.with_suffix(".csv"), recs, csv_layout="batch")
+    assert _run(source, dest, export.spec_path) == 0
+    run_id, state = _state(dest)
+    scale = export.spec.scales[0]
+    shard = shard_of_dvid_file(scale, arrow.stem)
+    (empty,) = state.list(run_id, status=ShardStatus.EMPTY)
+    assert empty.shard == shard and empty.chunks_done == len(recs) and empty.chunks_written == 0
+    assert not list((dest / scale.key).glob(f"{empty.key.split('/')[1]}.shard"))
+    assert state.counts(run_id)[ShardStatus.DONE] == len(state.list(run_id)) - 1
