@@ -1,6 +1,6 @@
 """Throughput measurement for the kernels (not a test). Run:
 
-    /work/main/.venv/bin/python -m tests.kernels._speed [--blocks 64]
+    .venv/bin/python bench/bench_kernels.py [--blocks 64]
 
 Synthetic "s0-like" blocks: 64^3 warped-Voronoi segmentations with 10-50 labels per block
 (1-15 labels per sub-block), DVID-encoded with the reference encoder; plus, when the shared
@@ -15,12 +15,16 @@ import time
 import zlib
 from pathlib import Path
 
+import sys
+
 import numpy as np
 
-import kernels as K
-from tests.kernels.reference import encode_dvid_block_reference
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures"
+import kernels as K  # noqa: E402
+from kernels.dvid_encode import encode_dvid_block  # noqa: E402
+
+FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
 
 
 def s0_like_volume(rng: np.random.Generator, n_labels: int, side: int = 64) -> np.ndarray:
@@ -154,7 +158,7 @@ def main() -> None:
     for _ in range(args.blocks):
         vol = s0_like_volume(rng, int(rng.integers(10, 51)))
         stats.append(sub_block_label_stats(vol))
-        blocks.append(encode_dvid_block_reference(vol))
+        blocks.append(encode_dvid_block(vol))
     st = np.array(stats)
     print(
         f"synthetic: labels/block {st[:, 0].min():.0f}-{st[:, 0].max():.0f}, mean labels/sub-block "
@@ -169,7 +173,7 @@ def main() -> None:
             f"\ndense (cell {cell}): labels/block {st[:, 0].min():.0f}-{st[:, 0].max():.0f}, mean "
             f"labels/sub-block {st[:, 1].mean():.2f}, max {st[:, 2].max():.0f}"
         )
-        report(f"dense synthetic, cell {cell}", [encode_dvid_block_reference(v) for v in vols])
+        report(f"dense synthetic, cell {cell}", [encode_dvid_block(v) for v in vols])
 
     arrow = FIXTURES / "mcns-s1-shard" / "30720_24576_28672.arrow"
     if arrow.exists():
