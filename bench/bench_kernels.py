@@ -11,18 +11,17 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import sys
 import time
 import zlib
 from pathlib import Path
-
-import sys
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import kernels as K  # noqa: E402
-from kernels.dvid_encode import encode_dvid_block  # noqa: E402
+import kernels as K
+from kernels.dvid_encode import encode_dvid_block
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
 
