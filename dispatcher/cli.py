@@ -45,6 +45,16 @@ def _scales(text: str) -> list[int]:
     return values
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="dvid2ng",
@@ -92,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--workers",
-        type=int,
+        type=_positive,
         default=None,
         metavar="N",
         help="worker processes (default: CPU count)",
@@ -118,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="working folder (default ./dvid2ng-demo)",
     )
-    demo.add_argument("--workers", type=int, default=2, metavar="N")
+    demo.add_argument("--workers", type=_positive, default=2, metavar="N")
 
     st = sub.add_parser("status", help="shard counts, progress and failures of a conversion")
     st.add_argument("dest", metavar="DEST")
