@@ -8,6 +8,8 @@ unfinished ones are queued again.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import multiprocessing as mp
 import os
@@ -120,8 +122,40 @@ def run_embedded(
 ) -> RunSummary:
     started = time.monotonic()
     state_dir = state_dir or default_state_dir(plan.dest)
-    _claim_run(state_dir, plan)
     write_info(plan.dest, plan.spec.info())
+    _claim_run(state_dir, plan)
+    with _exclusive(state_dir):
+        return _run_locked(
+            plan, started, workers, state_dir, gzip_level, attempts_per_tier, progress, log_level
+        )
+
+
+@contextlib.contextmanager
+def _exclusive(state_dir: Path):
+    """One dispatcher per destination at a time (two would race for the same shards)."""
+    with open(state_dir / "run.lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise PlanError(
+                f"another dvid2ng run is converting into {state_dir.parent} right now"
+            ) from None
+        yield
+
+
+def _release_orphans(state, run_id: str) -> int:
+    """Shards left `running` by a run that was killed outright: no worker of that run can be
+    alive (we hold the lock), so give them back now instead of waiting for their leases."""
+    orphans = state.list(run_id, status=ShardStatus.RUNNING)
+    for r in orphans:
+        if state.claim(run_id, r.key, "dispatcher", r.tier, 0.0) is not None:
+            state.release(run_id, r.key, "dispatcher")
+    return len(orphans)
+
+
+def _run_locked(
+    plan, started, workers, state_dir, gzip_level, attempts_per_tier, progress, log_level
+) -> RunSummary:
     queue_path = state_dir / "queue.sqlite"
     for suffix in ("", "-wal", "-shm"):  # the queue is rebuilt from the state on every run
         Path(str(queue_path) + suffix).unlink(missing_ok=True)
@@ -131,6 +165,7 @@ def run_embedded(
         plan.run_id, {"source": str(plan.source), "dest": plan.dest, "label_mode": plan.label_mode}
     )
     state.plan(plan.records())
+    _release_orphans(state, plan.run_id)
     skipped = 0
     for task in plan.tasks:
         rec = state.get(plan.run_id, task.key)

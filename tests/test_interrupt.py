@@ -100,3 +100,65 @@ def test_ctrl_c_then_resume(tmp_path):
     rerun = subprocess.run(cmd, stderr=subprocess.PIPE, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr
     assert np.array_equal(read_scale_tensorstore(str(dest), 0), volume)
+
+
+def _start(tmp_path, volume):
+    spec = VolumeSpec.from_json(SPEC)
+    write_export(tmp_path / "export", spec, {0: volume}, seed=1)
+    (tmp_path / "spec.json").write_text(json.dumps(SPEC))
+    dest = tmp_path / "vol"
+    cmd = [
+        sys.executable,
+        "-m",
+        "dispatcher.cli",
+        "run",
+        str(tmp_path / "export"),
+        str(dest),
+        "--spec",
+        str(tmp_path / "spec.json"),
+        "--workers",
+        "1",
+        "--no-progress",
+    ]
+    return dest, cmd
+
+
+def _wait_for_done(state_dir, proc, at_least):
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if (state_dir / "run.json").exists() and (state_dir / "state.sqlite").exists():
+            run_id = json.loads((state_dir / "run.json").read_text())["run_id"]
+            if open_embedded(state_dir)[1].counts(run_id)[ShardStatus.DONE] >= at_least:
+                return run_id
+        time.sleep(0.02)
+    raise AssertionError("the run did not progress")
+
+
+def test_hard_kill_then_prompt_resume(tmp_path):
+    """kill -9 of the dispatcher and its workers leaves shards 'running'; the next run hands
+    them back at once (no waiting for leases) and finishes bit-exact."""
+    volume = _volume()
+    dest, cmd = _start(tmp_path, volume)
+    proc = subprocess.Popen(cmd, start_new_session=True, stderr=subprocess.DEVNULL)
+    run_id = _wait_for_done(dest / ".dvid2ng", proc, 3)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    t = time.monotonic()
+    rerun = subprocess.run(cmd, stderr=subprocess.PIPE, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    assert time.monotonic() - t < 45, "orphaned shards were waited for instead of released"
+    assert np.array_equal(read_scale_tensorstore(str(dest), 0), volume)
+    assert open_embedded(dest / ".dvid2ng")[1].counts(run_id)[ShardStatus.RUNNING] == 0
+
+
+def test_second_concurrent_run_is_refused(tmp_path):
+    import fcntl
+
+    dest, cmd = _start(tmp_path, _volume())
+    first = subprocess.run(cmd, stderr=subprocess.PIPE, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr
+    with open(dest / ".dvid2ng" / "run.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a running dispatcher holds it
+        second = subprocess.run(cmd, stderr=subprocess.PIPE, text=True, timeout=300)
+    assert second.returncode == 2
+    assert "another dvid2ng run" in second.stderr
