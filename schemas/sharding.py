@@ -41,19 +41,21 @@ def morton_axis_tables(scale: Scale) -> tuple[list[int], list[int], list[int]]:
     return tables[0], tables[1], tables[2]
 
 
-def shard_of_code(scale: Scale, code: int) -> int:
+def split_code(scale: Scale, code: int) -> tuple[int, int]:
+    """(shard, minishard) of a chunk id under the identity hash."""
     sh = scale.sharding
-    h = code >> sh.preshift_bits if sh.preshift_bits < 64 else 0
-    return (h >> sh.minishard_bits) & ((1 << sh.shard_bits) - 1)
-
-
-def shard_and_minishard(scale: Scale, chunk: Chunk) -> tuple[int, int]:
-    sh = scale.sharding
-    code = compressed_morton_code(chunk, scale.bits)
     h = code >> sh.preshift_bits if sh.preshift_bits < 64 else 0
     minishard = h & ((1 << sh.minishard_bits) - 1)
     shard = (h >> sh.minishard_bits) & ((1 << sh.shard_bits) - 1)
     return shard, minishard
+
+
+def shard_of_code(scale: Scale, code: int) -> int:
+    return split_code(scale, code)[0]
+
+
+def shard_and_minishard(scale: Scale, chunk: Chunk) -> tuple[int, int]:
+    return split_code(scale, compressed_morton_code(chunk, scale.bits))
 
 
 def shard_of_chunk(scale: Scale, chunk: Chunk) -> int:
