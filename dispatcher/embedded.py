@@ -180,14 +180,15 @@ def _run_locked(
     procs = []
     interrupted = False
     if skipped < len(plan.tasks):
-        args = (str(state_dir), 0, stop, gzip_level, attempts_per_tier, log_level)
-        procs = [
-            ctx.Process(target=_worker_main, args=(*args[:1], i, *args[2:]), daemon=True)
-            for i in range(workers)
-        ]
-        for p in procs:
-            p.start()
-        interrupted = _supervise(procs, stop, state, plan, progress, args)
+
+        def spawn(index: int) -> mp.process.BaseProcess:
+            args = (str(state_dir), index, stop, gzip_level, attempts_per_tier, log_level)
+            proc = ctx.Process(target=_worker_main, args=args, daemon=True)
+            proc.start()
+            return proc
+
+        procs = [spawn(i) for i in range(workers)]
+        interrupted = _supervise(procs, spawn, stop, state, plan, progress)
     records = state.list(plan.run_id)
     counts = state.counts(plan.run_id)
     planned = {t.key for t in plan.tasks}
@@ -206,7 +207,7 @@ def _run_locked(
     )
 
 
-def _supervise(procs, stop, state, plan: Plan, progress, args) -> bool:
+def _supervise(procs, spawn, stop, state, plan: Plan, progress) -> bool:
     """Wait for the workers, reporting progress; Ctrl-C stops them cleanly (a second one kills)."""
     interrupted = False
     respawns = 2 * len(procs)
@@ -224,11 +225,7 @@ def _supervise(procs, stop, state, plan: Plan, progress, args) -> bool:
                     and not stop.is_set()
                 ):
                     respawns -= 1
-                    ctx = mp.get_context("spawn")
-                    procs[i] = ctx.Process(
-                        target=_worker_main, args=(args[0], i, *args[2:]), daemon=True
-                    )
-                    procs[i].start()
+                    procs[i] = spawn(i)
             time.sleep(0.5)
     except KeyboardInterrupt:
         interrupted = True
