@@ -45,63 +45,6 @@ def _volume():
     return (np.uint64(2**63) + (z // 16) * 10_000 + (y // 16) * 100 + x // 16).astype(np.uint64)
 
 
-def test_ctrl_c_then_resume(tmp_path):
-    spec = VolumeSpec.from_json(SPEC)
-    volume = _volume()
-    write_export(tmp_path / "export", spec, {0: volume}, seed=1)
-    (tmp_path / "spec.json").write_text(json.dumps(SPEC))
-    dest = tmp_path / "vol"
-    cmd = [
-        sys.executable,
-        "-m",
-        "dispatcher.cli",
-        "run",
-        str(tmp_path / "export"),
-        str(dest),
-        "--spec",
-        str(tmp_path / "spec.json"),
-        "--workers",
-        "1",
-        "--no-progress",
-    ]
-    proc = subprocess.Popen(cmd, start_new_session=True, stderr=subprocess.PIPE, text=True)
-    state_dir = dest / ".dvid2ng"
-    deadline = time.monotonic() + 120
-    done = 0
-    while time.monotonic() < deadline and proc.poll() is None:
-        if (state_dir / "run.json").exists() and (state_dir / "state.sqlite").exists():
-            run_id = json.loads((state_dir / "run.json").read_text())["run_id"]
-            done = open_embedded(state_dir)[1].counts(run_id)[ShardStatus.DONE]
-            if done >= 3:
-                break
-        time.sleep(0.02)
-    os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole process group
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err
-    assert "interrupted" in err
-
-    _, state = open_embedded(state_dir)
-    records = state.list(run_id)
-    counts = state.counts(run_id)
-    assert counts[ShardStatus.RUNNING] == 0, "no shard left claimed"
-    assert counts[ShardStatus.DONE] >= 3 and counts[ShardStatus.QUEUED] > 0, counts
-    done_names = {r.key.split("/")[1] for r in records if r.status == ShardStatus.DONE}
-    files = {p.stem for p in (dest / "s0").glob("*.shard")}
-    assert files == done_names, "a shard file exists exactly for every shard recorded done"
-    got = read_scale_tensorstore(str(dest), 0)
-    for r in records:
-        lo, hi = shard_bounds(spec.scales[0], r.shard)
-        sl = tuple(slice(lo[d] * 64, hi[d] * 64) for d in (2, 1, 0))
-        if r.status == ShardStatus.DONE:
-            assert np.array_equal(got[sl], volume[sl]), f"{r.key} is not complete"
-        else:
-            assert not got[sl].any(), f"{r.key} was not finished but has data"
-
-    rerun = subprocess.run(cmd, stderr=subprocess.PIPE, text=True, timeout=300)
-    assert rerun.returncode == 0, rerun.stderr
-    assert np.array_equal(read_scale_tensorstore(str(dest), 0), volume)
-
-
 def _start(tmp_path, volume):
     spec = VolumeSpec.from_json(SPEC)
     write_export(tmp_path / "export", spec, {0: volume}, seed=1)
@@ -132,6 +75,40 @@ def _wait_for_done(state_dir, proc, at_least):
                 return run_id
         time.sleep(0.02)
     raise AssertionError("the run did not progress")
+
+
+def test_ctrl_c_then_resume(tmp_path):
+    spec = VolumeSpec.from_json(SPEC)
+    volume = _volume()
+    dest, cmd = _start(tmp_path, volume)
+    proc = subprocess.Popen(cmd, start_new_session=True, stderr=subprocess.PIPE, text=True)
+    state_dir = dest / ".dvid2ng"
+    run_id = _wait_for_done(state_dir, proc, 3)
+    os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole process group
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err
+
+    _, state = open_embedded(state_dir)
+    records = state.list(run_id)
+    counts = state.counts(run_id)
+    assert counts[ShardStatus.RUNNING] == 0, "no shard left claimed"
+    assert counts[ShardStatus.DONE] >= 3 and counts[ShardStatus.QUEUED] > 0, counts
+    done_names = {r.key.split("/")[1] for r in records if r.status == ShardStatus.DONE}
+    files = {p.stem for p in (dest / "s0").glob("*.shard")}
+    assert files == done_names, "a shard file exists exactly for every shard recorded done"
+    got = read_scale_tensorstore(str(dest), 0)
+    for r in records:
+        lo, hi = shard_bounds(spec.scales[0], r.shard)
+        sl = tuple(slice(lo[d] * 64, hi[d] * 64) for d in (2, 1, 0))
+        if r.status == ShardStatus.DONE:
+            assert np.array_equal(got[sl], volume[sl]), f"{r.key} is not complete"
+        else:
+            assert not got[sl].any(), f"{r.key} was not finished but has data"
+
+    rerun = subprocess.run(cmd, stderr=subprocess.PIPE, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    assert np.array_equal(read_scale_tensorstore(str(dest), 0), volume)
 
 
 def test_hard_kill_then_prompt_resume(tmp_path):
