@@ -13,7 +13,7 @@ from backends.base import ShardStatus
 from dispatcher.cli import main
 from dvidexport.reader import ExportFileReader, decompress_block
 from dvidexport.writer import write_export_file
-from schemas.sharding import shard_of_dvid_file
+from schemas.sharding import compressed_morton_code, shard_bounds, shard_of_dvid_file
 from tests.exports import make_export, read_scale_tensorstore
 
 
@@ -198,3 +198,36 @@ def test_all_background_file_is_recorded_empty_not_missing(export, tmp_path):
     assert empty.shard == shard and empty.chunks_done == len(recs) and empty.chunks_written == 0
     assert not list((dest / scale.key).glob(f"{empty.key.split('/')[1]}.shard"))
     assert state.counts(run_id)[ShardStatus.DONE] == len(state.list(run_id)) - 1
+
+
+def test_stale_shard_file_is_replaced_not_merged(export, tmp_path):
+    """A shard file left in DEST by an interrupted or foreign run must not survive into the
+    result: here the shard is now all background, so its file must go and it is recorded empty."""
+    from schemas.spec import VolumeSpec
+    from worker.output import ScaleStore, io_context, write_info
+
+    source, dest = export.source_copy, tmp_path / "vol"
+    arrow = _biggest_s0_file(source)
+    solid_zero = (
+        (8).to_bytes(4, "little") * 3 + (1).to_bytes(4, "little") + (0).to_bytes(8, "little")
+    )
+    recs = [
+        (x, y, z, np.zeros(1, np.uint64), np.zeros(1, np.uint64), solid_zero)
+        for x, y, z, *_ in _records(arrow)
+    ]
+    write_export_file(arrow, arrow.with_suffix(".csv"), recs, csv_layout="batch")
+    spec = VolumeSpec.from_json(export.spec.info())
+    write_info(str(dest), spec.info())
+    scale = spec.scales[0]
+    shard = shard_of_dvid_file(scale, arrow.stem)
+    store = ScaleStore(str(dest), scale, io_context())
+    lo, _ = shard_bounds(scale, shard)
+    stale_id = compressed_morton_code(lo, scale.bits)
+    store.write_shard({stale_id: b"stale bytes from another run"})
+    assert store.shard_size(shard) is not None
+
+    assert _run(source, dest, export.spec_path) == 0
+    assert store.shard_size(shard) is None, "the stale shard file survived"
+    run_id, state = _state(dest)
+    (empty,) = state.list(run_id, status=ShardStatus.EMPTY)
+    assert empty.shard == shard

@@ -158,7 +158,7 @@ class ScaleStore:
         return index_len + int(entries[1::2].max(initial=0))
 
     def delete_shard(self, shard: int) -> None:
-        self.base.delete(self.shard_file(shard).encode()).result()
+        self.base.write(self.shard_file(shard).encode(), None).result()  # None deletes the key
 
     def write_shard(self, chunks: Mapping[int, bytes]) -> None:
         """Write every chunk of one shard in a single transaction and commit it once."""
