@@ -11,6 +11,6 @@ COPY dispatcher dispatcher
 COPY backends backends
 COPY dvidexport dvidexport
 RUN pip install --no-cache-dir . \
- && python -c "import kernels; kernels.warm_up()"   # compile the Numba kernels into the image's cache
+ && python -c "import dvid2ng.kernels as k; k.warm_up()"   # compile the Numba kernels into the image's cache
 ENTRYPOINT ["dvid2ng"]
 CMD ["--help"]

@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from backends.sqlite_queue import SqliteQueue
-    from backends.sqlite_state import SqliteStateStore
+    from dvid2ng.backends.sqlite_queue import SqliteQueue
+    from dvid2ng.backends.sqlite_state import SqliteStateStore
 
 QUEUE_FILE = "queue.sqlite"
 STATE_FILE = "state.sqlite"
@@ -25,8 +25,8 @@ def open_embedded(
 
     The folder and both files are created if missing; reopening them resumes where they left off.
     """
-    from backends.sqlite_queue import SqliteQueue
-    from backends.sqlite_state import SqliteStateStore
+    from dvid2ng.backends.sqlite_queue import SqliteQueue
+    from dvid2ng.backends.sqlite_state import SqliteStateStore
 
     state_dir = Path(state_dir)
     state_dir.mkdir(parents=True, exist_ok=True)

@@ -27,8 +27,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from backends.base import DeadLetter, Delivery
-from schemas.tiers import DEAD_LETTER_QUEUE, tier_by_name, tier_names
+from dvid2ng.backends.base import DeadLetter, Delivery
+from dvid2ng.schemas.tiers import DEAD_LETTER_QUEUE, tier_by_name, tier_names
 
 ESCALATED_FROM = "escalated_from"  # attribute naming the tier a forwarded message came from
 

@@ -18,8 +18,8 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from backends.base import ShardRecord, ShardStatus
-from backends.sqlite_queue import SqliteDatabase
+from dvid2ng.backends.base import ShardRecord, ShardStatus
+from dvid2ng.backends.sqlite_queue import SqliteDatabase
 
 _STATE_SCHEMA = (
     """CREATE TABLE IF NOT EXISTS runs (

@@ -30,8 +30,8 @@ ARROW = REPO.parent / "shared/fixtures/mcns-s1-shard/30720_24576_28672.arrow"
 
 def payloads(kib: int) -> list[bytes]:
     if ARROW.exists():
-        from dvidexport.reader import ExportFileReader, decompress_block
-        from kernels import dvid_block_to_cseg
+        from dvid2ng.dvidexport.reader import ExportFileReader, decompress_block
+        from dvid2ng.kernels import dvid_block_to_cseg
 
         with ExportFileReader(ARROW, None) as r:
             return [
@@ -49,7 +49,7 @@ def child(way: str, chunks: int, kib: int) -> dict:
     import deflate
     import tensorstore as ts
 
-    from worker.memory import peak_rss_bytes, reset_peak_rss
+    from dvid2ng.worker.memory import peak_rss_bytes, reset_peak_rss
 
     data = payloads(kib)
     with tempfile.TemporaryDirectory() as tmp:

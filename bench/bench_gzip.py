@@ -53,8 +53,8 @@ def candidates():
 def main() -> None:
     import os
 
-    from dvidexport.reader import ExportFileReader, decompress_block
-    from kernels import dvid_block_to_cseg
+    from dvid2ng.dvidexport.reader import ExportFileReader, decompress_block
+    from dvid2ng.kernels import dvid_block_to_cseg
 
     os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
     csegs = []

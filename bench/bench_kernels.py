@@ -20,8 +20,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import kernels as K
-from kernels.dvid_encode import encode_dvid_block
+import dvid2ng.kernels as K
+from dvid2ng.kernels.dvid_encode import encode_dvid_block
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
 

@@ -59,10 +59,10 @@ SYNTH_SPEC = {
 def make_synthetic_shard(chunks: int, labels_per_chunk: int = 30, seed: int = 0) -> Path:
     """An s0-like DVID export file of `chunks` records (cached). Blocks come from a pool cut
     from a synthetic segmentation; each record gets its own body ids through `labels`."""
-    from dvidexport.synthetic import synthetic_volume
-    from dvidexport.writer import write_export_file
-    from kernels import dvid_block_table
-    from kernels.dvid_encode import encode_dvid_block
+    from dvid2ng.dvidexport.synthetic import synthetic_volume
+    from dvid2ng.dvidexport.writer import write_export_file
+    from dvid2ng.kernels import dvid_block_table
+    from dvid2ng.kernels.dvid_encode import encode_dvid_block
 
     src = OUT / f"synthetic-{chunks}-{labels_per_chunk}labels" / "s0"
     arrow = src / "0_0_0.arrow"
@@ -101,12 +101,12 @@ def _pin_one_core() -> None:
 
 def measure_ours(source: Path, spec_path: Path, scale: int, dest: Path) -> dict:
     _pin_one_core()
-    import kernels
-    from dispatcher.plan import plan_transcode
-    from schemas.spec import VolumeSpec
-    from worker.memory import peak_rss_bytes, reset_peak_rss
-    from worker.output import ScaleStore, io_context, write_info
-    from worker.transcode import transcode_shard
+    import dvid2ng.kernels as kernels
+    from dvid2ng.dispatcher.plan import plan_transcode
+    from dvid2ng.schemas.spec import VolumeSpec
+    from dvid2ng.worker.memory import peak_rss_bytes, reset_peak_rss
+    from dvid2ng.worker.output import ScaleStore, io_context, write_info
+    from dvid2ng.worker.transcode import transcode_shard
 
     kernels.warm_up()
     spec = VolumeSpec.load(spec_path)
@@ -130,11 +130,11 @@ def measure_baseline(source: Path, spec_path: Path, scale: int, dest: Path, limi
     _pin_one_core()
     import tensorstore as ts
 
-    import kernels
-    from dvidexport.reader import ExportFileReader, decompress_block
-    from schemas.spec import VolumeSpec
-    from worker.memory import peak_rss_bytes, reset_peak_rss
-    from worker.output import io_context, kvstore_spec, write_info
+    import dvid2ng.kernels as kernels
+    from dvid2ng.dvidexport.reader import ExportFileReader, decompress_block
+    from dvid2ng.schemas.spec import VolumeSpec
+    from dvid2ng.worker.memory import peak_rss_bytes, reset_peak_rss
+    from dvid2ng.worker.output import io_context, kvstore_spec, write_info
 
     kernels.warm_up()
     spec = VolumeSpec.load(spec_path)

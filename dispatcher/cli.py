@@ -55,12 +55,22 @@ def _positive(text: str) -> int:
     return value
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("dvid2ng")
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        return "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="dvid2ng",
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    p.add_argument("--version", action="version", version=f"dvid2ng {_version()}")
     p.add_argument(
         "--log-level",
         default="warning",
@@ -138,13 +148,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from dispatcher.logs import configure_logging
+    from dvid2ng.dispatcher.logs import configure_logging
 
     configure_logging(level=args.log_level)
     if args.command == "run":
         return cmd_run(args)
     if args.command == "demo":
-        from dispatcher.demo import run_demo
+        from dvid2ng.dispatcher.demo import run_demo
 
         return run_demo(args.dir, workers=args.workers)
     if args.command == "status":
@@ -155,10 +165,10 @@ def main(argv: list[str] | None = None) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     import os
 
-    from dispatcher.embedded import run_embedded
-    from dispatcher.plan import PlanError, check_spec, plan_transcode
-    from dispatcher.progress import RunProgress
-    from worker.output import OutputError
+    from dvid2ng.dispatcher.embedded import run_embedded
+    from dvid2ng.dispatcher.plan import PlanError, check_spec, plan_transcode
+    from dvid2ng.dispatcher.progress import RunProgress
+    from dvid2ng.worker.output import OutputError
 
     try:
         spec = check_spec(args.spec)
@@ -191,7 +201,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def print_summary(s, workers: int) -> None:
-    from backends.base import ShardStatus
+    from dvid2ng.backends.base import ShardStatus
 
     c = s.counts
     rate = s.chunks / s.wall_seconds if s.wall_seconds else 0.0
@@ -228,9 +238,9 @@ def print_summary(s, workers: int) -> None:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from backends import open_embedded
-    from backends.base import ShardStatus
-    from dispatcher.embedded import default_state_dir
+    from dvid2ng.backends import open_embedded
+    from dvid2ng.backends.base import ShardStatus
+    from dvid2ng.dispatcher.embedded import default_state_dir
 
     state_dir = default_state_dir(args.dest)
     marker = state_dir / "run.json"

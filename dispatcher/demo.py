@@ -63,7 +63,7 @@ DEMO_SPEC = {
 def demo_volumes(seed: int = 7):
     """Per-scale supervoxel volumes (ZYX), the supervoxel -> body mapping, and the agglomerated
     volumes a reader should see."""
-    from dvidexport.synthetic import synthetic_agglomeration, synthetic_volume
+    from dvid2ng.dvidexport.synthetic import synthetic_agglomeration, synthetic_volume
 
     size = DEMO_SPEC["scales"][0]["size"]
     s0 = synthetic_volume((size[2], size[1], size[0]), n_labels=60, seed=seed)
@@ -86,12 +86,12 @@ def prepare_dir(root: Path) -> None:
 
 
 def run_demo(root: Path, workers: int = 2) -> int:
-    from dispatcher.cli import print_summary
-    from dispatcher.embedded import run_embedded
-    from dispatcher.plan import plan_transcode
-    from dispatcher.progress import RunProgress
-    from dvidexport.writer import write_export
-    from schemas.spec import VolumeSpec
+    from dvid2ng.dispatcher.cli import print_summary
+    from dvid2ng.dispatcher.embedded import run_embedded
+    from dvid2ng.dispatcher.plan import plan_transcode
+    from dvid2ng.dispatcher.progress import RunProgress
+    from dvid2ng.dvidexport.writer import write_export
+    from dvid2ng.schemas.spec import VolumeSpec
 
     root = root.resolve()
     prepare_dir(root)
@@ -135,7 +135,7 @@ def verify_against(dest: str, expected: dict[int, np.ndarray]) -> list[str]:
     """Read every scale back through TensorStore and compare with the expected ZYX volumes."""
     import tensorstore as ts
 
-    from worker.output import kvstore_spec
+    from dvid2ng.worker.output import kvstore_spec
 
     problems = []
     for scale, want in expected.items():

@@ -20,12 +20,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from backends import open_embedded
-from backends.base import ShardRecord, ShardStatus
-from backends.sqlite_queue import SqliteQueue
-from dispatcher.plan import Plan, PlanError
-from schemas.tiers import tier_names
-from worker.output import is_local, write_info
+from dvid2ng.backends import open_embedded
+from dvid2ng.backends.base import ShardRecord, ShardStatus
+from dvid2ng.backends.sqlite_queue import SqliteQueue
+from dvid2ng.dispatcher.plan import Plan, PlanError
+from dvid2ng.schemas.tiers import tier_names
+from dvid2ng.worker.output import is_local, write_info
 
 EMBEDDED_LEASE_SECONDS = 60.0
 EMBEDDED_ATTEMPTS_PER_TIER = 2
@@ -92,8 +92,8 @@ def _worker_main(
 ) -> None:
     """Entry point of one embedded worker process (spawned)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent turns Ctrl-C into `stop`
-    from dispatcher.logs import configure_logging
-    from worker.loop import Worker
+    from dvid2ng.dispatcher.logs import configure_logging
+    from dvid2ng.worker.loop import Worker
 
     configure_logging(level=log_level, file=Path(state_dir) / "logs" / f"worker-{index}.jsonl")
     queue = SqliteQueue(Path(state_dir) / "queue.sqlite", max_delivery_attempts=attempts)

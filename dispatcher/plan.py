@@ -10,12 +10,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from backends.base import ShardRecord
-from dvidexport.reader import ExportFile, list_export
-from schemas.sharding import shard_name, shard_of_dvid_file
-from schemas.spec import SpecError, VolumeSpec
-from schemas.task import ShardTask, SourceObject
-from schemas.tiers import pick_tier
+from dvid2ng.backends.base import ShardRecord
+from dvid2ng.dvidexport.reader import ExportFile, list_export
+from dvid2ng.schemas.sharding import shard_name, shard_of_dvid_file
+from dvid2ng.schemas.spec import SpecError, VolumeSpec
+from dvid2ng.schemas.task import ShardTask, SourceObject
+from dvid2ng.schemas.tiers import pick_tier
 
 # Stored bytes per chunk seen in production (formats.md §11.2), used for the memory estimate:
 # the worker holds every encoded chunk of its shard until the one commit, then the shard file.

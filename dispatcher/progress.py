@@ -7,7 +7,7 @@ import time
 
 from tqdm import tqdm
 
-from backends.base import ShardRecord, ShardStatus
+from dvid2ng.backends.base import ShardRecord, ShardStatus
 
 LINE_EVERY_S = 10.0
 _COUNTED = (ShardStatus.RUNNING, ShardStatus.DONE, ShardStatus.EMPTY)

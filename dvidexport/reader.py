@@ -26,8 +26,8 @@ import numpy as np
 import pyarrow as pa
 import zstandard
 
-from dvidexport import ipc
-from schemas.dvid import (
+from dvid2ng.dvidexport import ipc
+from dvid2ng.schemas.dvid import (
     COORD_FIELDS,
     MAX_UNCOMPRESSED_BLOCK,
     REQUIRED_FIELDS,

@@ -19,16 +19,16 @@ import numpy as np
 import pyarrow as pa
 import zstandard
 
-from dvidexport.reader import ChunkRecord
-from kernels.dvid_encode import encode_dvid_block
-from schemas.dvid import (
+from dvid2ng.dvidexport.reader import ChunkRecord
+from dvid2ng.kernels.dvid_encode import encode_dvid_block
+from dvid2ng.schemas.dvid import (
     DVID_ARROW_SCHEMA,
     LAYOUT_COLUMNS,
     ChunkIndex,
     format_chunk_index,
 )
-from schemas.sharding import dvid_file_stem, shard_of_chunk
-from schemas.spec import DVID_BLOCK, VolumeSpec
+from dvid2ng.schemas.sharding import dvid_file_stem, shard_of_chunk
+from dvid2ng.schemas.spec import DVID_BLOCK, VolumeSpec
 
 Chunk = tuple[int, int, int]
 # (x, y, z, labels, supervoxels, raw DVID block bytes)

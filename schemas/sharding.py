@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 
-from schemas.spec import DVID_BLOCK, Scale
+from dvid2ng.schemas.spec import DVID_BLOCK, Scale
 
 Chunk = tuple[int, int, int]
 

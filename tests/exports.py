@@ -9,10 +9,10 @@ from pathlib import Path
 
 import numpy as np
 
-from dispatcher.demo import DEMO_SPEC
-from dvidexport.synthetic import synthetic_agglomeration, synthetic_volume
-from dvidexport.writer import write_export
-from schemas.spec import VolumeSpec
+from dvid2ng.dispatcher.demo import DEMO_SPEC
+from dvid2ng.dvidexport.synthetic import synthetic_agglomeration, synthetic_volume
+from dvid2ng.dvidexport.writer import write_export
+from dvid2ng.schemas.spec import VolumeSpec
 
 
 @dataclass
@@ -47,7 +47,7 @@ def read_scale_tensorstore(dest: str, scale: int) -> np.ndarray:
     """The whole scale as ZYX through TensorStore's neuroglancer_precomputed driver."""
     import tensorstore as ts
 
-    from worker.output import kvstore_spec
+    from dvid2ng.worker.output import kvstore_spec
 
     vol = ts.open(
         {"driver": "neuroglancer_precomputed", "kvstore": kvstore_spec(dest), "scale_index": scale}

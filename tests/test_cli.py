@@ -4,19 +4,21 @@ import json
 import subprocess
 import sys
 
-from dispatcher.cli import main
+from dvid2ng.dispatcher.cli import main
 from tests.exports import make_export
 
 
 def test_help_explains_commands_and_exit_codes():
     out = subprocess.run(
-        [sys.executable, "-m", "dispatcher.cli", "--help"], capture_output=True, text=True
+        [sys.executable, "-m", "dvid2ng.dispatcher.cli", "--help"], capture_output=True, text=True
     )
     assert out.returncode == 0
     for word in ("run", "demo", "status", "exit codes", "130"):
         assert word in out.stdout
     run_help = subprocess.run(
-        [sys.executable, "-m", "dispatcher.cli", "run", "--help"], capture_output=True, text=True
+        [sys.executable, "-m", "dvid2ng.dispatcher.cli", "run", "--help"],
+        capture_output=True,
+        text=True,
     )
     for word in ("--scales", "--supervoxels", "--workers", "resumes", "examples"):
         assert word in run_help.stdout
@@ -25,7 +27,7 @@ def test_help_explains_commands_and_exit_codes():
 def test_bad_arguments_exit_2(tmp_path, capsys):
     assert (
         subprocess.run(
-            [sys.executable, "-m", "dispatcher.cli", "run", "a", "b"], capture_output=True
+            [sys.executable, "-m", "dvid2ng.dispatcher.cli", "run", "a", "b"], capture_output=True
         ).returncode
         == 2
     )

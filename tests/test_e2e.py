@@ -4,10 +4,10 @@ worker processes, SQLite queue and state), read back bit-exact by TensorStore an
 import numpy as np
 import pytest
 
-from backends import open_embedded
-from backends.base import ShardStatus
-from dispatcher.cli import main
-from schemas.sharding import num_shards
+from dvid2ng.backends import open_embedded
+from dvid2ng.backends.base import ShardStatus
+from dvid2ng.dispatcher.cli import main
+from dvid2ng.schemas.sharding import num_shards
 from tests.exports import make_export, read_scale_cloudvolume, read_scale_tensorstore
 
 

@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from backends import open_embedded
-from backends.base import ShardStatus
-from dispatcher.cli import main
-from dvidexport.reader import ExportFileReader, decompress_block
-from dvidexport.writer import write_export_file
-from schemas.sharding import compressed_morton_code, shard_bounds, shard_of_dvid_file
+from dvid2ng.backends import open_embedded
+from dvid2ng.backends.base import ShardStatus
+from dvid2ng.dispatcher.cli import main
+from dvid2ng.dvidexport.reader import ExportFileReader, decompress_block
+from dvid2ng.dvidexport.writer import write_export_file
+from dvid2ng.schemas.sharding import compressed_morton_code, shard_bounds, shard_of_dvid_file
 from tests.exports import make_export, read_scale_tensorstore
 
 
@@ -203,8 +203,8 @@ def test_all_background_file_is_recorded_empty_not_missing(export, tmp_path):
 def test_stale_shard_file_is_replaced_not_merged(export, tmp_path):
     """A shard file left in DEST by an interrupted or foreign run must not survive into the
     result: here the shard is now all background, so its file must go and it is recorded empty."""
-    from schemas.spec import VolumeSpec
-    from worker.output import ScaleStore, io_context, write_info
+    from dvid2ng.schemas.spec import VolumeSpec
+    from dvid2ng.worker.output import ScaleStore, io_context, write_info
 
     source, dest = export.source_copy, tmp_path / "vol"
     arrow = _biggest_s0_file(source)

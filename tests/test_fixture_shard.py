@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import tensorstore as ts
 
-from backends.base import ShardStatus
-from dispatcher.cli import main
-from dvidexport.reader import ExportFileReader, decompress_block
-from kernels import decode_dvid_block
-from schemas.sharding import shard_bounds, shard_of_dvid_file
-from schemas.spec import VolumeSpec
-from worker.output import kvstore_spec
+from dvid2ng.backends.base import ShardStatus
+from dvid2ng.dispatcher.cli import main
+from dvid2ng.dvidexport.reader import ExportFileReader, decompress_block
+from dvid2ng.kernels import decode_dvid_block
+from dvid2ng.schemas.sharding import shard_bounds, shard_of_dvid_file
+from dvid2ng.schemas.spec import VolumeSpec
+from dvid2ng.worker.output import kvstore_spec
 
 STEM = "30720_24576_28672"
 CSV_LAYOUTS = {
@@ -97,7 +97,7 @@ def test_mcns_shard_converts_and_reads_back(shared_fixtures, tmp_path, layout, m
 
 
 def test_mcns_state_records_metrics(shared_fixtures, tmp_path):
-    from backends import open_embedded
+    from dvid2ng.backends import open_embedded
 
     source = _export_dir(tmp_path, shared_fixtures, CSV_LAYOUTS["batch"])
     dest = tmp_path / "vol"

@@ -9,11 +9,11 @@ import time
 
 import numpy as np
 
-from backends import open_embedded
-from backends.base import ShardStatus
-from dvidexport.writer import write_export
-from schemas.sharding import shard_bounds
-from schemas.spec import VolumeSpec
+from dvid2ng.backends import open_embedded
+from dvid2ng.backends.base import ShardStatus
+from dvid2ng.dvidexport.writer import write_export
+from dvid2ng.schemas.sharding import shard_bounds
+from dvid2ng.schemas.spec import VolumeSpec
 from tests.exports import read_scale_tensorstore
 
 # One chunk per shard: many small work items, so an interrupt lands mid-run.
@@ -53,7 +53,7 @@ def _start(tmp_path, volume):
     cmd = [
         sys.executable,
         "-m",
-        "dispatcher.cli",
+        "dvid2ng.dispatcher.cli",
         "run",
         str(tmp_path / "export"),
         str(dest),

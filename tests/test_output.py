@@ -7,10 +7,17 @@ import os
 import pytest
 import tensorstore as ts
 
-from schemas.spec import VolumeSpec
+from dvid2ng.schemas.spec import VolumeSpec
+from dvid2ng.worker.output import (
+    OutputError,
+    ScaleStore,
+    io_context,
+    kvstore_spec,
+    read_info,
+    write_info,
+)
 from tests.gcs_emulator import GcsEmulator
 from tests.test_spec import BASE
-from worker.output import OutputError, ScaleStore, io_context, kvstore_spec, read_info, write_info
 
 
 def test_info_written_once_and_never_overwritten_by_a_different_one(tmp_path):
@@ -70,8 +77,8 @@ def test_gzip_level_chunks_decode_through_the_precomputed_driver(tmp_path):
     """Chunks we gzip ourselves are read by TensorStore's precomputed driver as gzip data."""
     import numpy as np
 
-    from kernels import encode_cseg
-    from worker.transcode import gzip_bytes
+    from dvid2ng.kernels import encode_cseg
+    from dvid2ng.worker.transcode import gzip_bytes
 
     spec = VolumeSpec.from_json(BASE)
     dest = str(tmp_path / "vol")

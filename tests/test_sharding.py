@@ -2,8 +2,8 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kernels.morton import compressed_morton_codes, shard_and_minishard
-from schemas.sharding import (
+from dvid2ng.kernels.morton import compressed_morton_codes, shard_and_minishard
+from dvid2ng.schemas.sharding import (
     compressed_morton_code,
     dvid_file_stem,
     num_shards,
@@ -15,7 +15,7 @@ from schemas.sharding import (
     shard_origin,
     shard_shape,
 )
-from schemas.spec import Scale, Sharding, VolumeSpec
+from dvid2ng.schemas.spec import Scale, Sharding, VolumeSpec
 
 
 def _scale(grid, preshift, minishard, shard):

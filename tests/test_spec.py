@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from schemas.spec import SpecError, VolumeSpec
+from dvid2ng.schemas.spec import SpecError, VolumeSpec
 
 BASE = {
     "@type": "neuroglancer_multiscale_volume",

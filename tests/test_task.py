@@ -2,7 +2,13 @@ import json
 
 import pytest
 
-from schemas.task import SCHEMA_VERSION, ShardTask, SourceObject, TaskError, task_json_schema
+from dvid2ng.schemas.task import (
+    SCHEMA_VERSION,
+    ShardTask,
+    SourceObject,
+    TaskError,
+    task_json_schema,
+)
 from tests.conftest import REPO_ROOT
 
 

@@ -4,14 +4,14 @@ state is finished before the message is acked."""
 
 import pytest
 
-from backends.base import ShardStatus
-from backends.sqlite_queue import SqliteQueue
-from backends.sqlite_state import SqliteStateStore
-from dispatcher.plan import plan_transcode
-from schemas.tiers import tier_names
+from dvid2ng.backends.base import ShardStatus
+from dvid2ng.backends.sqlite_queue import SqliteQueue
+from dvid2ng.backends.sqlite_state import SqliteStateStore
+from dvid2ng.dispatcher.plan import plan_transcode
+from dvid2ng.schemas.tiers import tier_names
+from dvid2ng.worker.loop import Worker
+from dvid2ng.worker.output import ShardWriter, write_info
 from tests.exports import make_export, read_scale_tensorstore
-from worker.loop import Worker
-from worker.output import ShardWriter, write_info
 
 
 @pytest.fixture(scope="module")

@@ -4,8 +4,8 @@ proxy counting every object upload (TensorStore's real GCS driver, real worker p
 import numpy as np
 import pytest
 
-from dispatcher.embedded import run_embedded
-from dispatcher.plan import plan_transcode
+from dvid2ng.dispatcher.embedded import run_embedded
+from dvid2ng.dispatcher.plan import plan_transcode
 from tests.exports import make_export, read_scale_tensorstore
 from tests.gcs_emulator import GcsEmulator
 

@@ -21,13 +21,13 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from backends.base import Delivery, Queue, ShardStatus, StateStore
-from schemas.spec import VolumeSpec
-from schemas.task import ShardTask, TaskError
-from worker.errors import InputError, Interrupted
-from worker.memory import peak_rss_bytes, reset_peak_rss
-from worker.output import ScaleStore, io_context, read_info
-from worker.transcode import DEFAULT_GZIP_LEVEL, transcode_shard
+from dvid2ng.backends.base import Delivery, Queue, ShardStatus, StateStore
+from dvid2ng.schemas.spec import VolumeSpec
+from dvid2ng.schemas.task import ShardTask, TaskError
+from dvid2ng.worker.errors import InputError, Interrupted
+from dvid2ng.worker.memory import peak_rss_bytes, reset_peak_rss
+from dvid2ng.worker.output import ScaleStore, io_context, read_info
+from dvid2ng.worker.transcode import DEFAULT_GZIP_LEVEL, transcode_shard
 
 log = structlog.get_logger("dvid2ng.worker")
 

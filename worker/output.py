@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 import tensorstore as ts
 
-from schemas.sharding import morton_axis_tables, shard_name
-from schemas.spec import Scale, VolumeSpec
+from dvid2ng.schemas.sharding import morton_axis_tables, shard_name
+from dvid2ng.schemas.spec import Scale, VolumeSpec
 
 
 class OutputError(RuntimeError):

@@ -16,19 +16,19 @@ from pathlib import Path
 import deflate
 import numpy as np
 
-from dvidexport.reader import ExportFileReader, decompress_block
-from kernels import KernelError, dvid_block_to_cseg
-from schemas.dvid import ExportFormatError
-from schemas.sharding import (
+from dvid2ng.dvidexport.reader import ExportFileReader, decompress_block
+from dvid2ng.kernels import KernelError, dvid_block_to_cseg
+from dvid2ng.schemas.dvid import ExportFormatError
+from dvid2ng.schemas.sharding import (
     dvid_shard_dim_voxels,
     parse_dvid_file_stem,
     shard_bounds,
     shard_of_code,
 )
-from schemas.spec import DVID_BLOCK, Scale
-from schemas.task import ShardTask
-from worker.errors import InputError, Interrupted
-from worker.output import ScaleStore, ShardWriter
+from dvid2ng.schemas.spec import DVID_BLOCK, Scale
+from dvid2ng.schemas.task import ShardTask
+from dvid2ng.worker.errors import InputError, Interrupted
+from dvid2ng.worker.output import ScaleStore, ShardWriter
 
 DEFAULT_GZIP_LEVEL = 6
 PROGRESS_EVERY = 256  # records between progress callbacks

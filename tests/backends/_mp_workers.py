@@ -73,8 +73,8 @@ def race_claims(
 def create_and_publish(path: str, tier: str, n: int, barrier: Any, results: Any) -> None:
     """Open (creating) a queue file at the same moment as other processes, then publish."""
     try:
-        from backends.sqlite_queue import SqliteQueue
-        from backends.sqlite_state import SqliteStateStore
+        from dvid2ng.backends.sqlite_queue import SqliteQueue
+        from dvid2ng.backends.sqlite_state import SqliteStateStore
 
         barrier.wait(timeout=60)
         q = SqliteQueue(path + ".queue", max_delivery_attempts=2)

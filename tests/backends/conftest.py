@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 
-from backends.base import Queue, StateStore
-from backends.sqlite_queue import SqliteQueue
-from backends.sqlite_state import SqliteStateStore
+from dvid2ng.backends.base import Queue, StateStore
+from dvid2ng.backends.sqlite_queue import SqliteQueue
+from dvid2ng.backends.sqlite_state import SqliteStateStore
 
 
 class FakeClock:

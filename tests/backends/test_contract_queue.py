@@ -12,7 +12,7 @@ from collections import Counter
 
 import pytest
 
-from backends.base import Delivery, Queue
+from dvid2ng.backends.base import Delivery, Queue
 from tests.backends import _mp_workers
 from tests.backends.conftest import QueueHarness
 

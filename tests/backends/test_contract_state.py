@@ -6,7 +6,7 @@ import multiprocessing
 
 import pytest
 
-from backends.base import ShardRecord, ShardStatus, StateStore
+from dvid2ng.backends.base import ShardRecord, ShardStatus, StateStore
 from tests.backends import _mp_workers
 from tests.backends.conftest import StateHarness
 

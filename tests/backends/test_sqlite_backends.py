@@ -16,11 +16,11 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from backends import QUEUE_FILE, STATE_FILE, open_embedded
-from backends.base import Delivery, Queue, ShardRecord, ShardStatus, StateStore
-from backends.sqlite_queue import ESCALATED_FROM, SqliteQueue
-from backends.sqlite_state import SqliteStateStore
-from schemas.tiers import DEAD_LETTER_QUEUE, TIERS, tier_names
+from dvid2ng.backends import QUEUE_FILE, STATE_FILE, open_embedded
+from dvid2ng.backends.base import Delivery, Queue, ShardRecord, ShardStatus, StateStore
+from dvid2ng.backends.sqlite_queue import ESCALATED_FROM, SqliteQueue
+from dvid2ng.backends.sqlite_state import SqliteStateStore
+from dvid2ng.schemas.tiers import DEAD_LETTER_QUEUE, TIERS, tier_names
 from tests.backends import _mp_workers
 from tests.backends.conftest import FakeClock
 

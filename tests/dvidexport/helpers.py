@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from schemas.dvid import DVID_ARROW_SCHEMA
+from dvid2ng.schemas.dvid import DVID_ARROW_SCHEMA
 
 
 def random_records(

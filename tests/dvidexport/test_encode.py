@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kernels.dvid_encode import encode_dvid_block
+from dvid2ng.kernels.dvid_encode import encode_dvid_block
 from tests.conftest import read_gz, read_raw_volume
 from tests.dvidexport.dvid_ref import block_table, decode_dvid_block
 

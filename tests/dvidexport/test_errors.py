@@ -11,9 +11,9 @@ import pyarrow as pa
 import pytest
 import zstandard
 
-from dvidexport.reader import ExportFileReader, decompress_block
-from dvidexport.writer import write_export_file
-from schemas.dvid import DVID_ARROW_SCHEMA, ExportFormatError
+from dvid2ng.dvidexport.reader import ExportFileReader, decompress_block
+from dvid2ng.dvidexport.writer import write_export_file
+from dvid2ng.schemas.dvid import DVID_ARROW_SCHEMA, ExportFormatError
 from tests.dvidexport.helpers import dvid_batch, random_records, write_raw_stream
 
 NAME = "s0/1024_0_2048.arrow"

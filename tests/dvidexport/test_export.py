@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dvidexport.reader import ExportFileReader, decompress_block, list_export
-from dvidexport.synthetic import synthetic_agglomeration, synthetic_volume
-from dvidexport.writer import write_export
-from schemas.dvid import ExportFormatError
-from schemas.sharding import dvid_file_stem, num_shards, shard_of_chunk, shard_of_dvid_file
-from schemas.spec import VolumeSpec
+from dvid2ng.dvidexport.reader import ExportFileReader, decompress_block, list_export
+from dvid2ng.dvidexport.synthetic import synthetic_agglomeration, synthetic_volume
+from dvid2ng.dvidexport.writer import write_export
+from dvid2ng.schemas.dvid import ExportFormatError
+from dvid2ng.schemas.sharding import dvid_file_stem, num_shards, shard_of_chunk, shard_of_dvid_file
+from dvid2ng.schemas.spec import VolumeSpec
 from tests.dvidexport.dvid_ref import decode_dvid_block
 
 SOLID_SV = np.uint64(4242)  # a supervoxel whose body is 0 (treated as background)

@@ -6,9 +6,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from dvidexport.reader import ExportFileReader, decompress_block
-from dvidexport.writer import write_export_file
-from schemas.dvid import DVID_ARROW_SCHEMA, parse_chunk_index
+from dvid2ng.dvidexport.reader import ExportFileReader, decompress_block
+from dvid2ng.dvidexport.writer import write_export_file
+from dvid2ng.schemas.dvid import DVID_ARROW_SCHEMA, parse_chunk_index
 
 STEM = "30720_24576_28672"
 CSVS = {

@@ -8,8 +8,8 @@ import tracemalloc
 import numpy as np
 import pyarrow as pa
 
-from dvidexport.reader import ExportFileReader
-from dvidexport.writer import write_export_file
+from dvid2ng.dvidexport.reader import ExportFileReader
+from dvid2ng.dvidexport.writer import write_export_file
 
 
 def _records(n, block_bytes, seed=0):

@@ -10,9 +10,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dvidexport.reader import ExportFileReader, decompress_block
-from dvidexport.writer import write_export_file
-from schemas.dvid import DVID_ARROW_SCHEMA
+from dvid2ng.dvidexport.reader import ExportFileReader, decompress_block
+from dvid2ng.dvidexport.writer import write_export_file
+from dvid2ng.schemas.dvid import DVID_ARROW_SCHEMA
 from tests.dvidexport.helpers import random_records, same_record
 
 

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from schemas.dvid import (
+from dvid2ng.schemas.dvid import (
     DVID_ARROW_SCHEMA,
     REQUIRED_FIELDS,
     ChunkIndex,

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from kernels import decode_cseg, dvid_block_to_cseg, encode_cseg
+from dvid2ng.kernels import decode_cseg, dvid_block_to_cseg, encode_cseg
 from tests.kernels._strategies import label_volumes
 from tests.kernels.reference import decode_cseg_pypi, encode_cseg_reference
 

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from kernels import (
+from dvid2ng.kernels import (
     decode_cseg,
     decode_dvid_block,
     dvid_block_header,

@@ -7,8 +7,8 @@ import struct
 import numpy as np
 import pytest
 
-import kernels
-from kernels import (
+import dvid2ng.kernels as kernels
+from dvid2ng.kernels import (
     CorruptBlockError,
     CsegDecodeError,
     KernelError,

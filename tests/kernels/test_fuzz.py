@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kernels import (
+from dvid2ng.kernels import (
     CorruptBlockError,
     CsegDecodeError,
     KernelError,

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kernels import KernelError, compressed_morton_codes, shard_and_minishard
+from dvid2ng.kernels import KernelError, compressed_morton_codes, shard_and_minishard
 from tests.kernels.reference import compressed_morton_reference, shard_and_minishard_reference
 
 

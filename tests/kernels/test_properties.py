@@ -6,7 +6,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kernels import (
+from dvid2ng.kernels import (
     decode_cseg,
     decode_dvid_block,
     dvid_block_header,
