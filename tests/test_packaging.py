@@ -121,6 +121,7 @@ def test_wheel_contains_only_the_dvid2ng_package(tmp_path):
     assert "dvid2ng/schemas/json/task.schema.json" in names  # package data moved along
     assert not any(n.startswith("dvid2ng/tests") or "/bench/" in n for n in names)
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
-    assert "dvid2ng = dvid2ng.dispatcher.cli:main" in zipfile.ZipFile(wheel).read(
-        entry_points
-    ).decode()
+    assert (
+        "dvid2ng = dvid2ng.dispatcher.cli:main"
+        in zipfile.ZipFile(wheel).read(entry_points).decode()
+    )
