@@ -1,13 +1,15 @@
-"""Memory tiers: the one source of truth for queue names, worker sizes and escalation order.
+"""Memory tiers: queue names, worker sizes and escalation order.
 
-The CLI, the workers, the embedded queue and (in a later issue) Terraform all read this table.
-A message that keeps failing on one tier is redelivered to the next one; after the last tier it
-goes to the terminal dead-letter queue.
+The table is in `schemas/json/fleet.json` (see `dvid2ng.schemas.fleet`), which the CLI, the
+workers, the embedded queue and Terraform all read. A message that keeps failing on one tier is
+redelivered to the next one; after the last tier it goes to the terminal dead-letter queue.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from dvid2ng.schemas.fleet import cloud_run_size_problem, fleet_config
 
 
 @dataclass(frozen=True)
@@ -18,13 +20,20 @@ class Tier:
     max_delivery_attempts: int  # Pub/Sub allows 5..100; the embedded queue follows the same rule
 
 
-TIERS: tuple[Tier, ...] = (
-    Tier("t2gi", 2, 1, 5),
-    Tier("t4gi", 4, 2, 5),
-    Tier("t8gi", 8, 2, 5),
-    Tier("t16gi", 16, 4, 5),
-    Tier("t32gi", 32, 8, 5),
-)
+def _load_tiers() -> tuple[Tier, ...]:
+    tiers = tuple(Tier(**t) for t in fleet_config()["tiers"])
+    for t in tiers:  # a wrong table must fail on import, not at `terraform apply`
+        problem = cloud_run_size_problem(t.memory_gib, t.vcpu)
+        if problem:
+            raise ValueError(f"fleet.json tier {t.name}: {problem}")
+        if not 5 <= t.max_delivery_attempts <= 100:
+            raise ValueError(f"fleet.json tier {t.name}: Pub/Sub allows 5..100 delivery attempts")
+    if [t.memory_gib for t in tiers] != sorted({t.memory_gib for t in tiers}):
+        raise ValueError("fleet.json tiers must grow in memory, each larger than the last")
+    return tiers
+
+
+TIERS: tuple[Tier, ...] = _load_tiers()
 
 DEAD_LETTER_QUEUE = "dead-letter"
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -93,7 +94,14 @@ def test_every_module_imports_beside_packages_with_our_folder_names(impostors, t
 
 @pytest.mark.slow
 def test_wheel_contains_only_the_dvid2ng_package(tmp_path):
-    """Build the wheel (no network: the venv's setuptools) and list it."""
+    """Build the wheel (no network: the venv's setuptools) from a copy of the checkout (setuptools
+    leaves a build/ folder behind) and list it."""
+    src = tmp_path / "src"
+    shutil.copytree(
+        REPO_ROOT,
+        src,
+        ignore=shutil.ignore_patterns(".venv", ".git", "build", "*.egg-info", "__pycache__"),
+    )
     out = subprocess.run(
         [
             sys.executable,
@@ -105,7 +113,7 @@ def test_wheel_contains_only_the_dvid2ng_package(tmp_path):
             "-q",
             "-w",
             str(tmp_path),
-            str(REPO_ROOT),
+            str(src),
         ],
         capture_output=True,
         text=True,
