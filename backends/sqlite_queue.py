@@ -1,8 +1,10 @@
 """Embedded tiered work queue: one SQLite file, safe for many processes on one machine.
 
-Same semantics as the Pub/Sub setup (see `backends.base`): one queue per memory tier, leases,
-a 1-based attempt count per tier, forwarding to the next tier after `max_delivery_attempts`
-deliveries there, and a terminal dead-letter table after the last tier.
+Same semantics as the Pub/Sub setup (see `backends.base`): one queue per memory tier, leases
+(at most 600 s per pull or extend, as Pub/Sub), delayed nacks, `forward` to another tier or the
+terminal queue, a 1-based (here exact) attempt count per tier, the dead-letter backstop after
+`max_delivery_attempts` deliveries on a tier, and the terminal `dead_letters` table. It is both
+the `Queue` and the `QueueAdmin`.
 
 Concurrency: every process opens its own connection lazily (and again after `fork`), the file
 runs in WAL mode with a busy timeout, and every change is one short `BEGIN IMMEDIATE`
@@ -22,19 +24,32 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from dvid2ng.backends.base import DeadLetter, Delivery
-from dvid2ng.schemas.tiers import DEAD_LETTER_QUEUE, tier_by_name, tier_names
+from dvid2ng.backends.base import (
+    FORWARD_REASON,
+    FORWARDED_FROM,
+    MAX_LEASE_SECONDS,
+    TERMINAL,
+    DeadLetter,
+    Delivery,
+    check_lease_seconds,
+    check_nack_delay,
+)
+from dvid2ng.schemas.tiers import tier_by_name, tier_names
 
-ESCALATED_FROM = "escalated_from"  # attribute naming the tier a forwarded message came from
+ESCALATED_FROM = FORWARDED_FROM  # the backstop marks the tier it moved a message from, too
 
 # Connections inherited through fork(): never used or closed in the child (closing could
 # checkpoint or unlock on behalf of the parent); kept referenced so the GC does not close them.
 _INHERITED_CONNECTIONS: list[sqlite3.Connection] = []
+
+
+class StateFileVersionError(RuntimeError):
+    """An embedded queue or state file from an incompatible dvid2ng version."""
 
 
 class SqliteDatabase:
@@ -44,12 +59,19 @@ class SqliteDatabase:
     around the connection), fork-safe (a child opens its own connection), WAL mode.
     """
 
-    def __init__(self, path: str | Path, schema: Sequence[str], busy_timeout_s: float = 30.0):
+    def __init__(
+        self,
+        path: str | Path,
+        schema: Sequence[str],
+        busy_timeout_s: float = 30.0,
+        version: int = 0,
+    ):
         if busy_timeout_s <= 0:
             raise ValueError(f"busy_timeout_s must be > 0, got {busy_timeout_s}")
         self.path = Path(path)
         self.busy_timeout_s = float(busy_timeout_s)
         self._schema = tuple(schema)
+        self._version = version
         self._conn: sqlite3.Connection | None = None
         self._pid = -1
         self._lock = threading.RLock()
@@ -93,8 +115,10 @@ class SqliteDatabase:
             conn.execute("PRAGMA synchronous = NORMAL")
             conn.execute("BEGIN IMMEDIATE")
             try:
+                self._check_version(conn)
                 for statement in self._schema:
                     conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {int(self._version)}")
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
@@ -103,6 +127,17 @@ class SqliteDatabase:
             conn.close()
             raise
         return conn
+
+    def _check_version(self, conn: sqlite3.Connection) -> None:
+        """A file written by another version of dvid2ng is refused, not misread."""
+        found = conn.execute("PRAGMA user_version").fetchone()[0]
+        tables = conn.execute("SELECT COUNT(*) FROM sqlite_master WHERE type = 'table'").fetchone()
+        if tables[0] and found != self._version:
+            raise StateFileVersionError(
+                f"{self.path.resolve()} was written by another dvid2ng version (format "
+                f"{found}, this one reads {self._version}); delete it to start over (a re-run "
+                "checks every shard file it finds)"
+            )
 
     def _retry_locked(self, fn: Callable[[], Any]) -> Any:
         """Retry `fn` while the file is locked (switching to WAL ignores the busy handler)."""
@@ -200,8 +235,11 @@ def _parse_ack_id(ack_id: str) -> tuple[str, str]:
     return message_id, token
 
 
+QUEUE_FORMAT = 2  # PRAGMA user_version of queue files this code writes
+
+
 class SqliteQueue:
-    """`backends.base.Queue` on one SQLite file (see the module docstring).
+    """`backends.base.Queue` and `QueueAdmin` on one SQLite file (see the module docstring).
 
     `max_delivery_attempts`: one int for every tier, a mapping tier -> int (tiers left out use
     the `schemas.tiers` value), or None for the `schemas.tiers` values. Any value >= 1 is
@@ -227,15 +265,15 @@ class SqliteQueue:
         for t in tiers:
             if not isinstance(t, str) or not t:
                 raise ValueError(f"tier names must be non-empty strings, got {t!r}")
-            if t == DEAD_LETTER_QUEUE:
-                raise ValueError(f"{DEAD_LETTER_QUEUE!r} is the terminal queue, not a tier")
+            if t == TERMINAL:
+                raise ValueError(f"{TERMINAL!r} is the terminal queue, not a tier")
         self.tiers: tuple[str, ...] = tiers
         self.max_delivery_attempts: dict[str, int] = self._resolve_attempts(max_delivery_attempts)
         self._next: dict[str, str | None] = {
             t: (tiers[i + 1] if i + 1 < len(tiers) else None) for i, t in enumerate(tiers)
         }
         self._clock = clock
-        self._db = SqliteDatabase(path, _QUEUE_SCHEMA, busy_timeout_s)
+        self._db = SqliteDatabase(path, _QUEUE_SCHEMA, busy_timeout_s, version=QUEUE_FORMAT)
         self._db.connect()  # create the file and tables now (before any fork / spawn)
 
     def _resolve_attempts(self, value: Mapping[str, int] | int | None) -> dict[str, int]:
@@ -304,7 +342,18 @@ class SqliteQueue:
         if tier not in self._next:
             raise ValueError(f"unknown tier {tier!r}; this queue has tiers {', '.join(self.tiers)}")
 
-    def _forward(
+    def _insert(
+        self, conn: sqlite3.Connection, tier: str, body: bytes, attributes: str, now: float
+    ) -> str:
+        message_id = uuid.uuid4().hex
+        conn.execute(
+            "INSERT INTO messages (message_id, tier, body, attributes, published_at)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (message_id, tier, bytes(body), attributes, now),
+        )
+        return message_id
+
+    def _escalate(
         self,
         conn: sqlite3.Connection,
         seq: int,
@@ -314,7 +363,8 @@ class SqliteQueue:
         attributes: str,
         now: float,
     ) -> None:
-        """Move an exhausted message to the next tier (attempt 0) or to the dead letters."""
+        """The backstop: move an exhausted message to the next tier (attempt 0, same id) or to
+        the dead letters."""
         conn.execute("DELETE FROM messages WHERE seq = ?", (seq,))
         nxt = self._next[tier]
         if nxt is not None:
@@ -343,30 +393,24 @@ class SqliteQueue:
     # -- Queue -----------------------------------------------------------------------------
 
     def publish(self, tier: str, body: bytes, attributes: Mapping[str, str] | None = None) -> str:
+        return self.publish_many(tier, [(body, attributes or {})])[0]
+
+    def publish_many(
+        self, tier: str, messages: Iterable[tuple[bytes, Mapping[str, str]]]
+    ) -> list[str]:
         self._check_tier(tier)
-        if not isinstance(body, bytes | bytearray | memoryview):
-            raise TypeError(f"body must be bytes, got {type(body).__name__}")
-        attrs = dict(attributes or {})
-        for k, v in attrs.items():
-            if not isinstance(k, str) or not isinstance(v, str):
-                raise TypeError(f"attributes must map str -> str, got {k!r}: {v!r}")
-        message_id = uuid.uuid4().hex
+        rows = [(_check_body(body), _attributes_json(attrs)) for body, attrs in messages]
         with self._db.write() as conn:
-            conn.execute(
-                "INSERT INTO messages (message_id, tier, body, attributes, published_at)"
-                " VALUES (?, ?, ?, ?, ?)",
-                (message_id, tier, bytes(body), json.dumps(attrs), self._clock()),
-            )
-        return message_id
+            now = self._clock()
+            return [self._insert(conn, tier, body, attrs, now) for body, attrs in rows]
 
     def pull(
-        self, tier: str, max_messages: int = 1, lease_seconds: float = 600.0
+        self, tier: str, max_messages: int = 1, lease_seconds: float = MAX_LEASE_SECONDS
     ) -> list[Delivery]:
         self._check_tier(tier)
         if max_messages < 1:
             raise ValueError(f"max_messages must be >= 1, got {max_messages}")
-        if not lease_seconds > 0:
-            raise ValueError(f"lease_seconds must be > 0, got {lease_seconds}")
+        lease_seconds = check_lease_seconds(lease_seconds)
         limit = self.max_delivery_attempts[tier]
         out: list[Delivery] = []
         with self._db.write() as conn:
@@ -383,7 +427,7 @@ class SqliteQueue:
                 for seq, message_id, body, attributes, attempt in rows:
                     last_seq = seq
                     if attempt >= limit:  # its last lease expired: the worker died
-                        self._forward(conn, seq, message_id, tier, body, attributes, now)
+                        self._escalate(conn, seq, message_id, tier, body, attributes, now)
                         continue
                     token = uuid.uuid4().hex
                     conn.execute(
@@ -396,9 +440,9 @@ class SqliteQueue:
                             message_id=message_id,
                             tier=tier,
                             body=bytes(body),
-                            attempt=attempt + 1,
                             ack_id=f"{message_id}:{token}",
                             attributes=json.loads(attributes),
+                            attempt=attempt + 1,
                         )
                     )
         return out
@@ -411,46 +455,58 @@ class SqliteQueue:
                 (message_id, token, self._clock()),
             )
 
-    def nack(self, delivery: Delivery) -> None:
+    def nack(self, delivery: Delivery, delay_seconds: float = 0.0) -> None:
+        delay_seconds = check_nack_delay(delay_seconds)
         with self._db.write() as conn:
             now = self._clock()
             row = self._leased_row(conn, delivery, now, live=True)
             if row is None:  # expired (maybe re-leased): nothing of ours to give back
                 return
             seq, message_id, tier, body, attributes, attempt = row
-            limit = self.max_delivery_attempts.get(tier)
-            if limit is not None and attempt >= limit:
-                self._forward(conn, seq, message_id, tier, body, attributes, now)
+            if attempt >= self.max_delivery_attempts[tier]:
+                self._escalate(conn, seq, message_id, tier, body, attributes, now)
             else:
                 conn.execute(
-                    "UPDATE messages SET lease_token = NULL, visible_at = 0 WHERE seq = ?", (seq,)
+                    "UPDATE messages SET lease_token = NULL, visible_at = ? WHERE seq = ?",
+                    (now + delay_seconds, seq),
                 )
 
-    def extend_lease(self, delivery: Delivery, lease_seconds: float) -> None:
-        if not lease_seconds > 0:
-            raise ValueError(f"lease_seconds must be > 0, got {lease_seconds}")
+    def extend(self, delivery: Delivery, seconds: float) -> None:
+        seconds = check_lease_seconds(seconds, "extend")
         message_id, token = _parse_ack_id(delivery.ack_id)
         with self._db.write() as conn:
             now = self._clock()
             conn.execute(
                 "UPDATE messages SET visible_at = ?"
                 " WHERE message_id = ? AND lease_token = ? AND visible_at > ?",
-                (now + lease_seconds, message_id, token, now),
+                (now + seconds, message_id, token, now),
             )
 
-    def dead_letter(self, delivery: Delivery, reason: str) -> None:
+    def forward(self, delivery: Delivery, to: str, reason: str) -> str:
+        if to != TERMINAL:
+            self._check_tier(to)
         with self._db.write() as conn:
             now = self._clock()
             # The lease may have run out, but as long as nobody re-leased it, it is still ours.
             row = self._leased_row(conn, delivery, now, live=False)
             if row is None:
-                return
+                return ""
             seq, message_id, tier, body, attributes, _ = row
             conn.execute("DELETE FROM messages WHERE seq = ?", (seq,))
-            conn.execute(_INSERT_DEAD, (message_id, body, tier, str(reason), attributes, now))
+            attrs = json.loads(attributes)
+            attrs.update({FORWARDED_FROM: tier, FORWARD_REASON: str(reason)[:1000]})
+            if to == TERMINAL:
+                conn.execute(
+                    _INSERT_DEAD, (message_id, body, tier, str(reason), json.dumps(attrs), now)
+                )
+                return message_id
+            return self._insert(conn, to, body, json.dumps(attrs), now)
+
+    # -- QueueAdmin ------------------------------------------------------------------------
 
     def sweep(self) -> int:
-        """Forward every message whose lease expired after its last allowed attempt.
+        """Apply the backstop to every message whose lease expired after its last allowed
+        attempt.
 
         Pulls do this for the messages they reach; `depth` and `dead_letters` call it so that a
         message whose worker died on its last attempt shows up where it belongs. Returns the
@@ -470,19 +526,20 @@ class SqliteQueue:
         moved = 0
         with self._db.write() as conn:
             now = self._clock()
-            for tier in self.tiers:  # in order: forwarded messages start at attempt 0
+            for tier in self.tiers:  # in order: escalated messages start at attempt 0
                 rows = conn.execute(query, (tier, self.max_delivery_attempts[tier], now)).fetchall()
                 for seq, message_id, body, attributes in rows:
-                    self._forward(conn, seq, message_id, tier, body, attributes, now)
+                    self._escalate(conn, seq, message_id, tier, body, attributes, now)
                     moved += 1
         return moved
 
-    def dead_letters(self) -> list[DeadLetter]:
+    def dead_letters(self, max_messages: int = 1000) -> list[DeadLetter]:
         self.sweep()
         with self._db.read() as conn:
             rows = conn.execute(
-                "SELECT message_id, body, from_tier, reason, attributes"
-                " FROM dead_letters ORDER BY seq"
+                "SELECT seq, message_id, body, from_tier, reason, attributes"
+                " FROM dead_letters ORDER BY seq LIMIT ?",
+                (int(max_messages),),
             ).fetchall()
         return [
             DeadLetter(
@@ -491,18 +548,76 @@ class SqliteQueue:
                 from_tier=from_tier,
                 reason=reason,
                 attributes=json.loads(attributes),
+                handle=str(seq),
             )
-            for message_id, body, from_tier, reason, attributes in rows
+            for seq, message_id, body, from_tier, reason, attributes in rows
         ]
 
+    def replay(self, letter: DeadLetter, to_tier: str) -> str:
+        self._check_tier(to_tier)
+        attrs = {
+            k: v for k, v in letter.attributes.items() if k not in (FORWARDED_FROM, FORWARD_REASON)
+        }
+        with self._db.write() as conn:
+            cur = conn.execute("DELETE FROM dead_letters WHERE seq = ?", (int(letter.handle),))
+            if cur.rowcount != 1:
+                raise KeyError(f"dead letter {letter.message_id} is no longer in {self.path}")
+            return self._insert(conn, to_tier, letter.body, json.dumps(attrs), self._clock())
+
     def depth(self, tier: str) -> int:
-        """Messages on `tier` not yet acked; `depth(DEAD_LETTER_QUEUE)` counts dead letters."""
-        if tier != DEAD_LETTER_QUEUE:
+        """Messages on `tier` not yet acked; `depth(TERMINAL)` counts dead letters."""
+        if tier != TERMINAL:
             self._check_tier(tier)
         self.sweep()
         with self._db.read() as conn:
-            if tier == DEAD_LETTER_QUEUE:
+            if tier == TERMINAL:
                 return conn.execute("SELECT COUNT(*) FROM dead_letters").fetchone()[0]
             return conn.execute("SELECT COUNT(*) FROM messages WHERE tier = ?", (tier,)).fetchone()[
                 0
             ]
+
+    # -- embedded only ---------------------------------------------------------------------
+
+    def forward_leased(self, key: str, reason: str) -> str | None:
+        """Move the leased message(s) of shard `key` to the next tier (terminal after the last),
+        deliverable now. The embedded supervisor calls it when the worker process holding them
+        died (the OOM killer): nobody will ack them, and the next attempt belongs a tier up,
+        without waiting out the lease as Pub/Sub would. Returns the tier they went to, or None
+        when no leased message of `key` was found."""
+        with self._db.write() as conn:
+            now = self._clock()
+            rows = conn.execute(
+                "SELECT seq, message_id, tier, body, attributes FROM messages"
+                " WHERE json_extract(attributes, '$.key') = ? AND visible_at > ?"
+                " AND lease_token IS NOT NULL",
+                (key, now),
+            ).fetchall()
+            went = None
+            for seq, message_id, tier, body, attributes in rows:
+                conn.execute("DELETE FROM messages WHERE seq = ?", (seq,))
+                attrs = json.loads(attributes)
+                attrs.update({FORWARDED_FROM: tier, FORWARD_REASON: str(reason)[:1000]})
+                nxt = self._next.get(tier)
+                if nxt is None:
+                    conn.execute(
+                        _INSERT_DEAD, (message_id, body, tier, str(reason), json.dumps(attrs), now)
+                    )
+                    went = TERMINAL
+                else:
+                    self._insert(conn, nxt, body, json.dumps(attrs), now)
+                    went = nxt
+            return went
+
+
+def _check_body(body: Any) -> bytes:
+    if not isinstance(body, bytes | bytearray | memoryview):
+        raise TypeError(f"body must be bytes, got {type(body).__name__}")
+    return bytes(body)
+
+
+def _attributes_json(attributes: Mapping[str, str] | None) -> str:
+    attrs = dict(attributes or {})
+    for k, v in attrs.items():
+        if not isinstance(k, str) or not isinstance(v, str):
+            raise TypeError(f"attributes must map str -> str, got {k!r}: {v!r}")
+    return json.dumps(attrs)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -16,8 +15,9 @@ volume (compressed_segmentation, gzip), one output shard per work item.
 On one machine the work runs through an embedded SQLite queue and state store; the same worker
 runs in the cloud fleet behind Pub/Sub and Firestore.
 
-exit codes: 0 all shards done (or empty), 1 some shard failed (see `dvid2ng status DEST`),
-            2 bad arguments, spec or export (nothing started), 130 interrupted (re-run to resume)
+exit codes: 0 all shards done (or empty), 1 some shard failed or unfinished (see
+            `dvid2ng status DEST`), 2 bad arguments, spec, export or destination (nothing
+            started), 130 / 143 interrupted by SIGINT / SIGTERM (re-run to resume)
 """
 
 RUN_EPILOG = """\
@@ -89,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
         "source", type=Path, metavar="SOURCE", help="DVID export folder (s0/, s1/, ...)"
     )
     run.add_argument(
-        "dest", metavar="DEST", help="output volume folder (or file://, gs://, memory:// URL)"
+        "dest", metavar="DEST", help="output volume folder (or a file:// or gs:// URL)"
     )
     run.add_argument(
         "--spec",
@@ -140,8 +140,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--workers", type=_positive, default=2, metavar="N")
 
-    st = sub.add_parser("status", help="shard counts, progress and failures of a conversion")
-    st.add_argument("dest", metavar="DEST")
+    st = sub.add_parser(
+        "status",
+        help="shard counts, progress and failures of a conversion",
+        description="Where a conversion stands: shards per scale, tier and status, chunks done, "
+        "throughput and ETA, shards in flight, failures. Exit code 0 when every shard is done "
+        "or empty, 1 while any is failed or unfinished, 2 when there is no such state.",
+    )
+    st.add_argument("dest", metavar="DEST", help="the volume folder given to `dvid2ng run`")
+    st.add_argument("--run", metavar="ID", help="run id (default: the destination's run)")
+    st.add_argument("--watch", action="store_true", help="refresh every 5 s until finished")
     st.add_argument("--json", action="store_true", help="machine-readable output")
     return p
 
@@ -165,10 +173,9 @@ def main(argv: list[str] | None = None) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     import os
 
-    from dvid2ng.dispatcher.embedded import run_embedded
+    from dvid2ng.dispatcher.embedded import prepare_state_dir, run_embedded
     from dvid2ng.dispatcher.plan import PlanError, check_spec, plan_transcode
     from dvid2ng.dispatcher.progress import RunProgress
-    from dvid2ng.worker.output import OutputError
 
     try:
         spec = check_spec(args.spec)
@@ -179,10 +186,13 @@ def cmd_run(args: argparse.Namespace) -> int:
             scales=args.scales,
             label_mode="supervoxels" if args.supervoxels else "labels",
         )
+        state_dir = prepare_state_dir(plan.dest)
     except PlanError as e:
         print(f"dvid2ng: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     workers = args.workers or os.cpu_count() or 1
+    for note in plan.notes:
+        print(f"dvid2ng: note: {note}", file=sys.stderr)
     print(
         f"dvid2ng: {len(plan.tasks)} shards, {plan.total_chunks:,} chunks in scales "
         f"{','.join(map(str, plan.scales))} -> {args.dest} ({workers} workers)",
@@ -190,8 +200,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     progress = RunProgress(len(plan.tasks), plan.total_chunks, enabled=not args.no_progress)
     try:
-        summary = run_embedded(plan, workers=workers, gzip_level=args.gzip_level, progress=progress)
-    except (PlanError, OutputError) as e:
+        summary = run_embedded(
+            plan,
+            workers=workers,
+            state_dir=state_dir,
+            gzip_level=args.gzip_level,
+            progress=progress,
+        )
+    except PlanError as e:
         print(f"dvid2ng: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     finally:
@@ -202,74 +218,70 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def print_summary(s, workers: int) -> None:
     from dvid2ng.backends.base import ShardStatus
+    from dvid2ng.dispatcher.status import describe_error
 
     c = s.counts
     rate = s.chunks / s.wall_seconds if s.wall_seconds else 0.0
     out = sys.stderr
+    how = "finished"
+    if s.interrupted:
+        import signal
+
+        how = f"interrupted ({signal.Signals(s.interrupted_by).name})"
+    print(f"\ndvid2ng: run {s.run_id} {how} in {s.wall_seconds:.1f} s", file=out)
     print(
-        f"\ndvid2ng: run {s.run_id} {'interrupted' if s.interrupted else 'finished'} in {s.wall_seconds:.1f} s",
+        f"  shards: {c[ShardStatus.DONE]} done, {c[ShardStatus.EMPTY]} empty, "
+        f"{c[ShardStatus.FAILED]} failed, {c[ShardStatus.QUEUED] + c[ShardStatus.RUNNING]} unfinished"
+        + (f" ({s.skipped_finished} finished before this run)" if s.skipped_finished else ""),
         file=out,
     )
+    for line in s.reconverted:
+        print(f"  converted again: {line}", file=out)
     print(
-        f"  shards: {c[ShardStatus.DONE]} done, {c[ShardStatus.EMPTY]} empty, {c[ShardStatus.FAILED]} failed, "
-        f"{c[ShardStatus.QUEUED] + c[ShardStatus.RUNNING]} unfinished"
-        + (
-            f" ({s.skipped_finished} already finished before this run)"
-            if s.skipped_finished
-            else ""
-        ),
-        file=out,
-    )
-    print(
-        f"  chunks: {s.chunks:,} converted, {s.chunks_written:,} stored; {s.bytes_written / 1e6:,.1f} MB written",
+        f"  chunks: {s.chunks:,} converted by this run; {s.chunks_written:,} stored in all, "
+        f"{s.bytes_written / 1e6:,.1f} MB",
         file=out,
     )
     print(f"  throughput: {rate:,.0f} chunks/s with {workers} workers", file=out)
     for r in s.failed:
-        err = r.error or {}
-        where = ": ".join(
-            str(p)
-            for p in (err.get("file"), f"chunk {tuple(err['chunk'])}" if err.get("chunk") else None)
-            if p
-        )
-        print(f"  FAILED {r.key}: {where}: {err.get('cause', '?')}", file=out)
+        print(f"  FAILED {r.key}: {describe_error(r.error)}", file=out)
+    for note in s.notes:
+        print(f"  note: {note}", file=out)
     if not s.ok:
         print(f"  state: {s.state_dir} — re-run the same command to resume / retry", file=out)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from dvid2ng.backends import open_embedded
-    from dvid2ng.backends.base import ShardStatus
-    from dvid2ng.dispatcher.embedded import default_state_dir
+    from dvid2ng.dispatcher.embedded import (
+        EMBEDDED_TIMING,
+        default_state_dir,
+        open_state,
+        read_run_id,
+    )
+    from dvid2ng.dispatcher.plan import PlanError
+    from dvid2ng.dispatcher.status import show
 
-    state_dir = default_state_dir(args.dest)
-    marker = state_dir / "run.json"
-    if not marker.exists():
-        print(f"dvid2ng: error: no conversion state in {state_dir}", file=sys.stderr)
-        return EXIT_USAGE
-    run_id = json.loads(marker.read_text())["run_id"]
-    _, state = open_embedded(state_dir)
-    records = state.list(run_id)
-    counts = state.counts(run_id)
-    failed = [r for r in records if r.status == ShardStatus.FAILED]
-    if args.json:
-        print(
-            json.dumps(
-                {
-                    "run_id": run_id,
-                    "counts": {k.value: v for k, v in counts.items()},
-                    "chunks": sum(r.chunks_done for r in records),
-                    "bytes_written": sum(r.bytes_written for r in records),
-                    "failed": [{"key": r.key, "error": r.error} for r in failed],
-                },
-                indent=2,
+    try:
+        state_dir = default_state_dir(args.dest)
+        if not (state_dir / "run.json").exists():
+            raise PlanError(
+                f"no conversion state in {state_dir} (was DEST converted with dvid2ng run?)"
             )
-        )
-    else:
-        print(f"run {run_id}: " + ", ".join(f"{v} {k.value}" for k, v in counts.items()))
-        for r in failed:
-            print(f"  FAILED {r.key}: {(r.error or {}).get('cause')}")
-    return EXIT_FAILED if failed else EXIT_OK
+        run_id = args.run or read_run_id(state_dir)
+        state = open_state(state_dir)
+    except PlanError as e:
+        print(f"dvid2ng: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    if state.get_run(run_id) is None:
+        print(f"dvid2ng: error: no run {run_id} in {state_dir}", file=sys.stderr)
+        return EXIT_USAGE
+    return show(
+        state,
+        run_id,
+        as_json=args.json,
+        watch=args.watch,
+        stale_after_s=EMBEDDED_TIMING.stale_after_s,
+    )
 
 
 if __name__ == "__main__":

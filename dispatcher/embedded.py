@@ -1,41 +1,87 @@
 """The embedded default: the whole fleet on one machine.
 
 SQLite stands in for Pub/Sub (queue) and Firestore (state); N worker processes run the same
-`worker.loop.Worker` the cloud runs. The queue is rebuilt on every invocation from the state
-(which is the truth), so re-running a command resumes: finished shards are skipped, failed and
-unfinished ones are queued again.
+`dvid2ng.worker.loop.Worker` the cloud runs. The queue is rebuilt on every invocation from the
+state (which is the truth) and the files (which are checked before the state is believed), so
+re-running a command resumes: finished shards whose output file is intact and whose source is
+unchanged are skipped; everything else is queued again.
+
+The supervisor (this process) does what Cloud Run does for the fleet, faster because it knows
+its workers: a worker process that dies (the OOM killer's SIGKILL) is noticed at once, its
+shard is marked as having died on its tier (so the next attempt goes one tier up) and handed
+back without waiting for a lease, and a fresh worker process takes its place. SIGINT and
+SIGTERM stop every worker before its next commit; workers never outlive the run (they get
+SIGTERM when the supervisor dies, however it dies).
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import fcntl
 import json
 import multiprocessing as mp
 import os
 import signal
+import sqlite3
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dvid2ng.backends import open_embedded
-from dvid2ng.backends.base import ShardRecord, ShardStatus
-from dvid2ng.backends.sqlite_queue import SqliteQueue
+from dvid2ng.backends import QUEUE_FILE, STATE_FILE
+from dvid2ng.backends.base import (
+    TERMINAL,
+    ShardRecord,
+    ShardStatus,
+    SummaryRow,
+    counts_by_status,
+)
+from dvid2ng.backends.sqlite_queue import SqliteQueue, StateFileVersionError
+from dvid2ng.backends.sqlite_state import SqliteStateStore
 from dvid2ng.dispatcher.plan import Plan, PlanError
 from dvid2ng.schemas.tiers import tier_names
-from dvid2ng.worker.output import is_local, write_info
+from dvid2ng.worker.loop import KIND_DIED, WorkerTiming
+from dvid2ng.worker.output import OutputError, ScaleStore, io_context, is_local, write_info
+from dvid2ng.worker.sources import task_fingerprint
 
-EMBEDDED_LEASE_SECONDS = 60.0
 EMBEDDED_ATTEMPTS_PER_TIER = 2
+# One machine: heartbeats are cheap, and a dead worker is reported by the supervisor anyway.
+EMBEDDED_TIMING = WorkerTiming(
+    heartbeat_seconds=1.0,
+    lease_seconds=60.0,
+    stale_after_s=30.0,
+    retry_base_seconds=0.5,
+    retry_max_seconds=4.0,
+    held_delay_seconds=2.0,
+    unsupported_delay_seconds=5.0,
+    idle_backoff_seconds=0.2,
+    backend_retry_seconds=1.0,
+)
+STARTUP_DEATHS_ALLOWED = 3  # workers that die holding no shard (broken install): give up after
+STOP_GRACE_SECONDS = 60.0
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, turned into the same clean stop as Ctrl-C."""
 
 
 def default_state_dir(dest: str) -> Path:
+    if dest.startswith("memory://"):
+        raise PlanError(
+            "memory:// cannot hold a conversion: every worker process would see its own empty "
+            "memory; use a folder (or gs://)"
+        )
     if is_local(dest):
-        return Path(dest.removeprefix("file://")).resolve() / ".dvid2ng"
+        return Path(dest.removeprefix("file://")).absolute() / ".dvid2ng"
     safe = dest.replace("://", "_").replace("/", "_")
     return Path.home() / ".cache" / "dvid2ng" / safe
+
+
+def worker_id(index: int, pid: int) -> str:
+    return f"local-{index}-{pid}"
 
 
 @dataclass
@@ -44,12 +90,18 @@ class RunSummary:
     state_dir: Path
     wall_seconds: float
     counts: dict[ShardStatus, int]
-    chunks: int
-    chunks_written: int
-    bytes_written: int
+    chunks: int  # chunks of shards finished during this invocation
+    chunks_written: int  # stored chunks of every finished shard of the run
+    bytes_written: int  # bytes of every finished shard of the run
     failed: list[ShardRecord] = field(default_factory=list)
-    interrupted: bool = False
-    skipped_finished: int = 0
+    interrupted_by: int = 0  # the signal that stopped the run (0: none)
+    skipped_finished: int = 0  # finished before this invocation, checked and kept
+    reconverted: list[str] = field(default_factory=list)  # finished before, but not trusted
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def interrupted(self) -> bool:
+        return bool(self.interrupted_by)
 
     @property
     def ok(self) -> bool:
@@ -63,77 +115,65 @@ class RunSummary:
     @property
     def exit_code(self) -> int:
         if self.interrupted:
-            return 130
+            return 128 + self.interrupted_by
         return 0 if self.ok else 1
 
 
-def _claim_run(state_dir: Path, plan: Plan) -> None:
-    """One conversion per destination: refuse to mix a different run into DEST's state."""
-    marker = state_dir / "run.json"
-    config = {
-        "run_id": plan.run_id,
-        "source": str(plan.source.resolve()),
-        "label_mode": plan.label_mode,
-    }
-    if marker.exists():
+# -- the state folder ----------------------------------------------------------------------------
+
+
+def prepare_state_dir(dest: str) -> Path:
+    """Create DEST/.dvid2ng (or the cache folder of a gs:// DEST), with one clear line for what
+    a user can get wrong: DEST is a file, is read-only, the disk is full."""
+    state_dir = default_state_dir(dest)
+    for parent in (state_dir.parent, *state_dir.parent.parents):
+        if parent.exists():
+            if not parent.is_dir():
+                raise PlanError(f"DEST {parent} is a file, not a folder; choose a folder")
+            break
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        probe = state_dir / ".write-test"
+        probe.write_bytes(b"x")
+        probe.unlink()
+    except OSError as e:
+        raise PlanError(f"cannot write the run state to {state_dir}: {_os_cause(e)}") from None
+    if (state_dir / "run.json").exists():
+        _read_marker(state_dir / "run.json")  # a damaged one is reported before anything runs
+    return state_dir
+
+
+def _read_marker(marker: Path) -> dict:
+    try:
         old = json.loads(marker.read_text())
-        if old.get("run_id") != plan.run_id:
-            raise PlanError(
-                f"{plan.dest} already holds a different conversion (source {old.get('source')}, "
-                f"labels {old.get('label_mode')}); use a new destination or delete it"
-            )
-        return
-    state_dir.mkdir(parents=True, exist_ok=True)
-    marker.write_text(json.dumps(config, indent=2))
+        if not isinstance(old, dict) or not isinstance(old.get("run_id"), str):
+            raise ValueError("not a JSON object with a run_id")
+    except (ValueError, OSError) as e:
+        raise PlanError(
+            f"{marker} is damaged ({e}); delete it to start the conversion state over "
+            "(finished shard files are checked again, not lost)"
+        ) from None
+    return old
 
 
-def _worker_main(
-    state_dir: str, index: int, stop, gzip_level: int, attempts: int, log_level: str
-) -> None:
-    """Entry point of one embedded worker process (spawned)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent turns Ctrl-C into `stop`
-    from dvid2ng.dispatcher.logs import configure_logging
-    from dvid2ng.worker.loop import Worker
-
-    configure_logging(level=log_level, file=Path(state_dir) / "logs" / f"worker-{index}.jsonl")
-    queue = SqliteQueue(Path(state_dir) / "queue.sqlite", max_delivery_attempts=attempts)
-    _, state = open_embedded(Path(state_dir))
-    worker = Worker(
-        queue,
-        state,
-        worker_id=f"local-{index}-{os.getpid()}",
-        gzip_level=gzip_level,
-        lease_seconds=EMBEDDED_LEASE_SECONDS,
-        stale_after_s=EMBEDDED_LEASE_SECONDS,
-        should_stop=stop.is_set,
-    )
-    worker.run(tier_names(), exit_when_idle=True)
-
-
-def run_embedded(
-    plan: Plan,
-    *,
-    workers: int = 1,
-    state_dir: Path | None = None,
-    gzip_level: int = 6,
-    attempts_per_tier: int = EMBEDDED_ATTEMPTS_PER_TIER,
-    progress: Callable[[list[ShardRecord]], None] | None = None,
-    log_level: str = "info",
-) -> RunSummary:
-    started = time.monotonic()
-    state_dir = state_dir or default_state_dir(plan.dest)
-    write_info(plan.dest, plan.spec.info())
-    _claim_run(state_dir, plan)
-    with _exclusive(state_dir):
-        return _run_locked(
-            plan, started, workers, state_dir, gzip_level, attempts_per_tier, progress, log_level
-        )
+def _os_cause(e: OSError) -> str:
+    if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return f"{e.strerror} (DEST must be writable)"
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"{e.strerror} (free some space and re-run)"
+    if e.errno in (errno.ENOTDIR, errno.EEXIST):
+        return f"{e.strerror} (a file stands where a folder must be)"
+    return e.strerror or str(e)
 
 
 @contextlib.contextmanager
-def _exclusive(state_dir: Path):
+def _exclusive(state_dir: Path) -> Iterator[None]:
     """One dispatcher per destination at a time (two would race for the same shards)."""
-    with open(state_dir / "run.lock", "w") as lock:
+    try:
+        lock = open(state_dir / "run.lock", "w")  # noqa: SIM115 - held for the whole run
+    except OSError as e:
+        raise PlanError(f"cannot create {state_dir / 'run.lock'}: {_os_cause(e)}") from None
+    with lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -143,106 +183,349 @@ def _exclusive(state_dir: Path):
         yield
 
 
-def _release_orphans(state, run_id: str) -> int:
+def _claim_run(state_dir: Path, plan: Plan) -> None:
+    """One conversion per destination: refuse to mix a different run into DEST's state."""
+    marker = state_dir / "run.json"
+    config = {
+        "run_id": plan.run_id,
+        "source": str(plan.source.absolute()),
+        "label_mode": plan.label_mode,
+    }
+    if marker.exists():
+        old = _read_marker(marker)
+        if old.get("run_id") != plan.run_id:
+            raise PlanError(
+                f"{plan.dest} already holds a different conversion (source {old.get('source')}, "
+                f"labels {old.get('label_mode')}); use a new destination or delete it"
+            )
+        return
+    try:
+        marker.write_text(json.dumps(config, indent=2))
+    except OSError as e:
+        raise PlanError(f"cannot write {marker}: {_os_cause(e)}") from None
+
+
+def open_state(state_dir: Path) -> SqliteStateStore:
+    try:
+        return SqliteStateStore(state_dir / STATE_FILE)
+    except StateFileVersionError as e:
+        raise PlanError(str(e)) from None
+    except sqlite3.DatabaseError as e:
+        raise PlanError(
+            f"cannot use the run state {state_dir / STATE_FILE}: {e} (disk full? damaged? "
+            "delete it to start over: finished shard files are checked again)"
+        ) from None
+
+
+def read_run_id(state_dir: Path) -> str:
+    marker = state_dir / "run.json"
+    if not marker.exists():
+        raise PlanError(f"no conversion state in {state_dir}")
+    return _read_marker(marker)["run_id"]
+
+
+# -- one run -------------------------------------------------------------------------------------
+
+
+def run_embedded(
+    plan: Plan,
+    *,
+    workers: int = 1,
+    state_dir: Path | None = None,
+    gzip_level: int = 6,
+    attempts_per_tier: int = EMBEDDED_ATTEMPTS_PER_TIER,
+    progress: Callable[[list[SummaryRow]], None] | None = None,
+    log_level: str = "info",
+) -> RunSummary:
+    started = time.monotonic()
+    if state_dir is None:
+        state_dir = prepare_state_dir(plan.dest)
+    else:
+        state_dir.mkdir(parents=True, exist_ok=True)
+    with _exclusive(state_dir):
+        # Under the lock: two runs with different specs cannot both find DEST empty.
+        try:
+            write_info(plan.dest, plan.spec.info())
+        except OutputError as e:
+            raise PlanError(str(e)) from None
+        except OSError as e:
+            raise PlanError(f"cannot write {plan.dest}/info: {_os_cause(e)}") from None
+        except ValueError as e:  # TensorStore reports storage failures as ValueError
+            raise PlanError(f"cannot write {plan.dest}/info: {e}") from None
+        _claim_run(state_dir, plan)
+        return _run_locked(
+            plan, started, workers, state_dir, gzip_level, attempts_per_tier, progress, log_level
+        )
+
+
+def _release_orphans(state: SqliteStateStore, run_id: str) -> int:
     """Shards left `running` by a run that was killed outright: no worker of that run can be
     alive (we hold the lock), so give them back now instead of waiting for their leases."""
     orphans = state.list(run_id, status=ShardStatus.RUNNING)
     for r in orphans:
-        if state.claim(run_id, r.key, "dispatcher", r.tier, 0.0) is not None:
-            state.release(run_id, r.key, "dispatcher")
+        error = {"kind": "interrupted", "tier": r.tier, "cause": "the previous run was killed"}
+        state.release(run_id, r.key, r.attempts, error=error)
     return len(orphans)
+
+
+def _untrusted_finished(plan: Plan, state: SqliteStateStore) -> tuple[int, list[str]]:
+    """Finished shards that cannot be believed: the output file is missing, has another size or
+    an unreadable index, or the source changed since. They are reset and converted again."""
+    stores: dict[int, ScaleStore] = {}
+    kept, reset = 0, []
+    for task in plan.tasks:
+        rec = state.get(plan.run_id, task.key)
+        if rec is None or not rec.status.finished:
+            continue
+        if task.scale not in stores:
+            stores[task.scale] = ScaleStore(plan.dest, plan.spec.scales[task.scale], io_context())
+        why = _finished_problem(stores[task.scale], task, rec)
+        if why is None:
+            kept += 1
+            continue
+        state.reset(plan.run_id, task.key, why)
+        reset.append(f"{task.key}: {why}")
+    return kept, reset
+
+
+def _finished_problem(store: ScaleStore, task, rec: ShardRecord) -> str | None:
+    now = task_fingerprint(task)
+    if rec.source and rec.source != now:
+        return f"source {task.sources[0].arrow} changed since it was converted"
+    if rec.status is ShardStatus.DONE:
+        return store.shard_file_problem(task.shard, rec.bytes_written)
+    if store.shard_size(task.shard) is not None:  # EMPTY: no file may exist
+        return f"recorded empty, but {store.shard_file(task.shard)} exists"
+    return None
 
 
 def _run_locked(
     plan, started, workers, state_dir, gzip_level, attempts_per_tier, progress, log_level
 ) -> RunSummary:
-    queue_path = state_dir / "queue.sqlite"
+    queue_path = state_dir / QUEUE_FILE
     for suffix in ("", "-wal", "-shm"):  # the queue is rebuilt from the state on every run
         Path(str(queue_path) + suffix).unlink(missing_ok=True)
+    state = open_state(state_dir)
     queue = SqliteQueue(queue_path, max_delivery_attempts=attempts_per_tier)
-    _, state = open_embedded(state_dir)
-    state.put_run(
-        plan.run_id, {"source": str(plan.source), "dest": plan.dest, "label_mode": plan.label_mode}
-    )
-    state.plan(plan.records())
-    _release_orphans(state, plan.run_id)
-    skipped = 0
-    for task in plan.tasks:
-        rec = state.get(plan.run_id, task.key)
-        if rec is not None and rec.status.finished:
-            skipped += 1
-            continue
-        queue.publish(task.tier, task.to_json(), {"run_id": plan.run_id, "key": task.key})
-    queue.close()
-
-    ctx = mp.get_context("spawn")
-    stop = ctx.Event()
-    procs = []
-    interrupted = False
-    if skipped < len(plan.tasks):
-
-        def spawn(index: int) -> mp.process.BaseProcess:
-            args = (str(state_dir), index, stop, gzip_level, attempts_per_tier, log_level)
-            proc = ctx.Process(target=_worker_main, args=args, daemon=True)
-            proc.start()
-            return proc
-
-        procs = [spawn(i) for i in range(workers)]
-        interrupted = _supervise(procs, spawn, stop, state, plan, progress)
-    records = state.list(plan.run_id)
-    counts = state.counts(plan.run_id)
+    try:
+        state.put_run(
+            plan.run_id,
+            {
+                "source": str(plan.source.absolute()),
+                "dest": plan.dest,
+                "label_mode": plan.label_mode,
+                "scales": plan.scales,
+                "unplanned_scales": plan.unplanned_scales,
+            },
+        )
+        state.plan(plan.records())
+        _release_orphans(state, plan.run_id)
+        kept, reconverted = _untrusted_finished(plan, state)
+        by_tier: dict[str, list[tuple[bytes, dict[str, str]]]] = {}
+        for task in plan.tasks:
+            rec = state.get(plan.run_id, task.key)
+            if rec is not None and rec.status.finished:
+                continue
+            tier = rec.tier if rec is not None and rec.tier in queue.tiers else task.tier
+            attrs = {"run": plan.run_id, "key": task.key, "scale": str(task.scale)}
+            by_tier.setdefault(tier, []).append((task.to_json(), attrs))
+        for tier, messages in by_tier.items():
+            queue.publish_many(tier, messages)
+    except sqlite3.OperationalError as e:
+        raise PlanError(f"cannot use the run state in {state_dir}: {e}") from None
+    baseline = _finished_chunks(state.summary(plan.run_id))
+    interrupted_by = 0
+    if by_tier:
+        interrupted_by = _Supervisor(
+            state_dir, plan, state, queue, workers, gzip_level, attempts_per_tier, log_level
+        ).run(progress)
+    elif progress is not None:
+        progress(state.summary(plan.run_id))
+    rows = state.summary(plan.run_id)
     planned = {t.key for t in plan.tasks}
-    mine = [r for r in records if r.key in planned]
-    return RunSummary(
+    failed = [r for r in state.list(plan.run_id, status=ShardStatus.FAILED) if r.key in planned]
+    finished = [r for r in rows if r.status.finished]
+    summary = RunSummary(
         run_id=plan.run_id,
         state_dir=state_dir,
         wall_seconds=time.monotonic() - started,
-        counts=counts,
-        chunks=sum(r.chunks_done for r in mine if r.status.finished),
-        chunks_written=sum(r.chunks_written for r in mine),
-        bytes_written=sum(r.bytes_written for r in mine),
-        failed=[r for r in mine if r.status == ShardStatus.FAILED],
-        interrupted=interrupted,
-        skipped_finished=skipped,
+        counts=counts_by_status(rows),
+        chunks=_finished_chunks(rows) - baseline,
+        chunks_written=sum(r.chunks_written for r in finished),
+        bytes_written=sum(r.bytes_written for r in finished),
+        failed=failed,
+        interrupted_by=interrupted_by,
+        skipped_finished=kept,
+        reconverted=reconverted,
+        notes=[n for n in [*plan.notes, plan.missing_scales_note()] if n],
     )
+    queue.close()
+    state.close()
+    return summary
 
 
-def _supervise(procs, spawn, stop, state, plan: Plan, progress) -> bool:
-    """Wait for the workers, reporting progress; Ctrl-C stops them cleanly (a second one kills)."""
-    interrupted = False
-    respawns = 2 * len(procs)
-    try:
-        while any(p.is_alive() for p in procs):
+def _finished_chunks(rows: list[SummaryRow]) -> int:
+    return sum(r.chunks_done for r in rows if r.status.finished)
+
+
+# -- the supervisor ------------------------------------------------------------------------------
+
+
+def _worker_main(
+    state_dir: str, index: int, stop, gzip_level: int, attempts: int, log_level: str, parent: int
+) -> None:
+    """Entry point of one embedded worker process (spawned)."""
+    _die_with_parent(parent)
+    local_stop = [False]
+
+    def on_term(signum, frame) -> None:  # the supervisor's death, or `kill`: stop cleanly
+        local_stop[0] = True
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent turns Ctrl-C into `stop`
+    from dvid2ng.dispatcher.logs import configure_logging
+    from dvid2ng.worker.loop import Worker
+    from dvid2ng.worker.memory import memory_budget_bytes
+
+    configure_logging(level=log_level, file=Path(state_dir) / "logs" / f"worker-{index}.jsonl")
+    queue = SqliteQueue(Path(state_dir) / QUEUE_FILE, max_delivery_attempts=attempts)
+    state = SqliteStateStore(Path(state_dir) / STATE_FILE)
+
+    def should_stop() -> bool:
+        return local_stop[0] or stop.is_set() or os.getppid() != parent
+
+    worker = Worker(
+        queue,
+        state,
+        worker_id=worker_id(index, os.getpid()),
+        gzip_level=gzip_level,
+        timing=EMBEDDED_TIMING,
+        memory_budget=memory_budget_bytes(),
+        should_stop=should_stop,
+    )
+    worker.run(tier_names())
+
+
+def _die_with_parent(parent: int) -> None:
+    """Ask Linux to send us SIGTERM when the supervisor dies (PR_SET_PDEATHSIG), so a worker
+    never converts on for a run that is gone; then make sure it had not died already."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG = 1
+    if os.getppid() != parent:
+        sys.exit(0)
+
+
+class _Supervisor:
+    def __init__(
+        self, state_dir, plan, state, queue, workers, gzip_level, attempts_per_tier, log_level
+    ) -> None:
+        self.state_dir, self.plan, self.state, self.queue = state_dir, plan, state, queue
+        self.n = workers
+        self.args = (gzip_level, attempts_per_tier, log_level)
+        self.ctx = mp.get_context("spawn")
+        self.stop = self.ctx.Event()
+        self.procs: list[mp.process.BaseProcess] = []
+        self.startup_deaths = 0
+
+    def spawn(self, index: int) -> mp.process.BaseProcess:
+        gzip_level, attempts, log_level = self.args
+        args = (str(self.state_dir), index, self.stop, gzip_level, attempts, log_level, os.getpid())
+        proc = self.ctx.Process(target=_worker_main, args=args, daemon=True)
+        proc.start()
+        return proc
+
+    def run(self, progress) -> int:
+        """Supervise until the queue is empty; returns the signal that stopped it (0: none)."""
+        previous = signal.signal(signal.SIGTERM, _raise_terminated)
+        interrupted_by = 0
+        try:
+            self.procs = [self.spawn(i) for i in range(self.n)]
+            self._watch(progress)
+        except KeyboardInterrupt as e:
+            interrupted_by = signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT
+            self._stop_workers(signal.Signals(interrupted_by).name)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+            self.stop.set()
+            for p in self.procs:  # never leave a worker behind, whatever happened
+                p.join(timeout=STOP_GRACE_SECONDS if not interrupted_by else 5)
+                if p.is_alive():
+                    p.kill()
+                    p.join()
+            # Every worker is gone: a shard still `running` was held by one we had to kill.
+            _release_orphans(self.state, self.plan.run_id)
+        if progress is not None:
+            progress(self.state.summary(self.plan.run_id))
+        return interrupted_by
+
+    def _watch(self, progress) -> None:
+        while True:
             if progress is not None:
-                progress(state.list(plan.run_id))
-            for i, p in enumerate(procs):
-                # A worker that died abnormally (killed, segfault) is replaced while work remains;
-                # its shard comes back when the lease expires.
-                if (
-                    not p.is_alive()
-                    and p.exitcode not in (0, None)
-                    and respawns > 0
-                    and not stop.is_set()
-                ):
-                    respawns -= 1
-                    procs[i] = spawn(i)
+                progress(self.state.summary(self.plan.run_id))
+            self._replace_dead_workers()
+            if all(self.queue.depth(t) == 0 for t in self.queue.tiers):
+                return  # every message acked or dead-lettered: all work is settled
+            if not any(p.is_alive() for p in self.procs):
+                return  # gave up respawning (see _replace_dead_workers)
             time.sleep(0.5)
-    except KeyboardInterrupt:
-        interrupted = True
-        stop.set()
+
+    def _replace_dead_workers(self) -> None:
+        for i, p in enumerate(self.procs):
+            if p.is_alive() or p.exitcode in (None, 0):
+                continue
+            held = self._mark_dead(i, p)
+            if not held:
+                self.startup_deaths += 1
+                if self.startup_deaths > STARTUP_DEATHS_ALLOWED:
+                    print(
+                        f"dvid2ng: worker processes keep dying without taking any work "
+                        f"(exit code {p.exitcode}); see {self.state_dir / 'logs'}",
+                        file=sys.stderr,
+                    )
+                    continue
+            self.procs[i] = self.spawn(i)
+
+    def _mark_dead(self, index: int, proc: mp.process.BaseProcess) -> int:
+        """Record that the shard(s) the dead worker held died on their tier, and hand their
+        messages back now. Returns how many it held."""
+        wid = worker_id(index, proc.pid or 0)
+        code = proc.exitcode or 0
+        how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
+        if code == -signal.SIGKILL:
+            how += " (the kernel's out-of-memory killer sends SIGKILL)"
+        running = self.state.list(self.plan.run_id, status=ShardStatus.RUNNING)
+        held = [r for r in running if r.worker == wid]
+        for r in held:
+            cause = f"worker process {proc.pid} was {how} while converting this shard on {r.tier}"
+            went = self.queue.forward_leased(r.key, cause)
+            error = {
+                "kind": KIND_DIED,
+                "tier": r.tier,
+                "attempt": r.attempts,
+                "worker": wid,
+                "cause": cause,
+            }
+            up = went if went not in (None, TERMINAL) else None
+            self.state.fail(self.plan.run_id, r.key, r.attempts, error, tier=up)
+        return len(held)
+
+    def _stop_workers(self, name: str) -> None:
+        self.stop.set()
         print(
-            "\ninterrupted: letting workers drop their current shard (nothing half-written); "
-            "Ctrl-C again to kill",
+            f"\n{name}: letting workers drop their current shard (nothing half-written); "
+            "Ctrl-C again to kill them",
             file=sys.stderr,
         )
         try:
-            for p in procs:
-                p.join(timeout=60)
+            for p in self.procs:
+                p.join(timeout=STOP_GRACE_SECONDS)
         except KeyboardInterrupt:
-            for p in procs:
+            for p in self.procs:
                 p.kill()
-    for p in procs:
-        p.join()
-    if progress is not None:
-        progress(state.list(plan.run_id))
-    return interrupted
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated()
+
+
+__all__ = ["RunSummary", "default_state_dir", "prepare_state_dir", "run_embedded"]

@@ -12,10 +12,18 @@ from pathlib import Path
 
 from dvid2ng.backends.base import ShardRecord
 from dvid2ng.dvidexport.reader import ExportFile, list_export
-from dvid2ng.schemas.sharding import shard_name, shard_of_dvid_file
-from dvid2ng.schemas.spec import SpecError, VolumeSpec
+from dvid2ng.schemas.dvid import ExportFormatError
+from dvid2ng.schemas.sharding import (
+    dvid_name_collision,
+    dvid_shard_dim_voxels,
+    shard_name,
+    shard_of_dvid_file,
+    shard_shape,
+)
+from dvid2ng.schemas.spec import DVID_BLOCK, Scale, Sharding, SpecError, VolumeSpec
 from dvid2ng.schemas.task import ShardTask, SourceObject
 from dvid2ng.schemas.tiers import pick_tier
+from dvid2ng.worker.sources import task_fingerprint
 
 # Stored bytes per chunk seen in production (formats.md §11.2), used for the memory estimate:
 # the worker holds every encoded chunk of its shard until the one commit, then the shard file.
@@ -36,10 +44,22 @@ class Plan:
     label_mode: str
     scales: list[int]
     tasks: list[ShardTask] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # said before the run starts
+    unplanned_scales: list[int] = field(default_factory=list)  # in the spec, no data, no plan
 
     @property
     def total_chunks(self) -> int:
         return sum(t.chunks_expected for t in self.tasks)
+
+    def missing_scales_note(self) -> str | None:
+        """The line that says which scales of the spec this run leaves without data."""
+        if not self.unplanned_scales:
+            return None
+        return (
+            f"scales {format_ranges(self.unplanned_scales)} of the spec have no data yet: "
+            f"SOURCE has no s<N>/ folder for them; build them by downsampling "
+            f"(--downres {format_ranges(self.unplanned_scales)}) or export them from DVID"
+        )
 
     def records(self) -> list[ShardRecord]:
         return [
@@ -50,9 +70,24 @@ class Plan:
                 shard=t.shard,
                 tier=t.tier,
                 chunks_expected=t.chunks_expected,
+                source=task_fingerprint(t),
             )
             for t in self.tasks
         ]
+
+
+def format_ranges(values: Sequence[int]) -> str:
+    """[1, 2, 3, 5, 7, 8] -> "1-3,5,7-8"."""
+    out: list[str] = []
+    vals = sorted(set(values))
+    i = 0
+    while i < len(vals):
+        j = i
+        while j + 1 < len(vals) and vals[j + 1] == vals[j] + 1:
+            j += 1
+        out.append(str(vals[i]) if i == j else f"{vals[i]}-{vals[j]}")
+        i = j + 1
+    return ",".join(out)
 
 
 def run_id_for(source: Path, dest: str, spec: VolumeSpec, label_mode: str) -> str:
@@ -90,28 +125,102 @@ def plan_transcode(
     scales: Sequence[int] | None = None,
     label_mode: str = "labels",
 ) -> Plan:
+    """One task per DVID export file of the chosen scales. Raises PlanError, naming the file or
+    scale and a fix, for everything that would otherwise lose data silently."""
+    source = Path(source)
     if not source.is_dir():
+        what = "does not exist" if not source.exists() else "is not a directory"
         raise PlanError(
-            f"SOURCE {source} is not a directory (expected a DVID export with s0/, s1/, ...)"
+            f"SOURCE {source.absolute()} {what} (expected a DVID export with s0/, s1/, ...)"
         )
     try:
         export = list_export(source)
-    except ValueError as e:
+    except (ExportFormatError, OSError) as e:
         raise PlanError(str(e)) from None
     if not export:
-        raise PlanError(f"SOURCE {source} holds no s<N>/ folders with .arrow files")
-    chosen = sorted(export) if scales is None else sorted(set(scales))
+        raise PlanError(
+            f"SOURCE {source.absolute()} holds no s<N>/ folders (a DVID export has s0/, s1/, ...)"
+        )
+    present = sorted(export)
+    chosen = present if scales is None else sorted(set(scales))
     for s in chosen:
         if s >= len(spec.scales):
             raise PlanError(
-                f"scale {s} requested/present in the export, but the spec has only {len(spec.scales)} scales"
+                f"scale {s} is {'present in the export' if scales is None else 'asked for'}, "
+                f"but the spec has only {len(spec.scales)} scales (0-{len(spec.scales) - 1}); "
+                f"choose --scales {format_ranges([x for x in chosen if x < len(spec.scales)]) or 0}"
             )
+        folder = (source / f"s{s}").absolute()
         if s not in export:
-            raise PlanError(f"--scales asks for s{s}, but {source}/s{s}/ holds no .arrow files")
+            raise PlanError(
+                f"--scales asks for s{s}, but {folder} does not exist; the export has "
+                f"{', '.join(f's{x}' for x in present)}"
+            )
+        if not export[s]:
+            others = [x for x in chosen if x != s and export.get(x)]
+            raise PlanError(
+                f"{folder} holds no .arrow files (an interrupted or failed export?); "
+                + (
+                    f"leave it out with --scales {format_ranges(others)}"
+                    if others
+                    else "re-export it"
+                )
+            )
+        check_dvid_scale(spec.scales[s], chosen)
     plan = Plan(run_id_for(source, dest, spec, label_mode), source, dest, spec, label_mode, chosen)
+    plan.notes.extend(spec.notes)
     for s in chosen:
         plan.tasks.extend(_scale_tasks(plan, s, export[s]))
+    plan.unplanned_scales = [i for i in range(len(spec.scales)) if i not in chosen]
     return plan
+
+
+def check_dvid_scale(scale: Scale, chosen: Sequence[int]) -> None:
+    """A scale converted from DVID export files must have DVID's block as its chunk, and shards
+    DVID's cubic file naming can tell apart (formats.md §2.2, §2.7.2)."""
+    where = f"scale {scale.index} ({scale.key})"
+    if scale.chunk_size != (DVID_BLOCK,) * 3:
+        raise PlanError(
+            f"{where}: chunk_sizes {list(scale.chunk_size)}, but a DVID export's chunks are its "
+            f"{DVID_BLOCK}^3 blocks; set chunk_sizes to [[64, 64, 64]] (a Z-doubled source "
+            "converts with --z-compress N and s0 chunk 64x64x(64/(N+1)))"
+        )
+    collision = dvid_name_collision(scale)
+    if collision is None:
+        return
+    a, b, stem = collision
+    others = [x for x in chosen if x != scale.index]
+    fix = _cubic_minishard_bits(scale)
+    raise PlanError(
+        f"{where}: DVID names export files after cubes of {dvid_shard_dim_voxels(scale)} voxels, "
+        f"but this scale's shards are {list(shard_shape(scale))} chunks, so shards "
+        f"{shard_name(scale, a)} and {shard_name(scale, b)} (and others) would both be written "
+        f"into the one file s{scale.index}/{stem}.arrow and cannot be told apart (formats.md "
+        f"§2.7.2). Leave this scale out"
+        + (f" with --scales {format_ranges(others)}" if others else "")
+        + f" and build it by downsampling (--downres {scale.index})"
+        + (
+            f", or export it from DVID with minishard_bits {fix[0]} and shard_bits {fix[1]} "
+            "(cubic shards)"
+            if fix
+            else ""
+        )
+    )
+
+
+def _cubic_minishard_bits(scale: Scale) -> tuple[int, int] | None:
+    """(minishard_bits, shard_bits) near the spec's whose shards DVID can name, if any."""
+    sh = scale.sharding
+    for m in (*range(sh.minishard_bits + 1, sh.minishard_bits + 3), *range(sh.minishard_bits)):
+        shard_bits = max(0, scale.total_bits - sh.preshift_bits - m)
+        candidate = Sharding(sh.preshift_bits, m, shard_bits)
+        trial = Scale(
+            scale.index, scale.key, scale.size, scale.chunk_size, scale.resolution,
+            scale.voxel_offset, candidate,
+        )  # fmt: skip
+        if dvid_name_collision(trial) is None:
+            return m, shard_bits
+    return None
 
 
 def _scale_tasks(plan: Plan, s: int, files: list[ExportFile]) -> list[ShardTask]:
@@ -122,15 +231,16 @@ def _scale_tasks(plan: Plan, s: int, files: list[ExportFile]) -> list[ShardTask]
         try:
             shard = shard_of_dvid_file(scale, f.stem)
         except ValueError as e:
-            raise PlanError(f"{f.arrow}: {e}") from None
+            raise PlanError(f"{f.arrow.absolute()}: {e}") from None
         if shard in by_shard:
             raise PlanError(
-                f"{f.arrow} and {by_shard[shard].arrow} both map to output shard "
-                f"{shard_name(scale, shard)} of scale {s}: the export's file naming does not match this "
-                "spec's sharding (wrong spec, or non-cubic shards, formats.md §2.7.2)"
+                f"{f.arrow.absolute()} and {by_shard[shard].arrow.absolute()} both map to output "
+                f"shard {shard_name(scale, shard)} of scale {s}: the export's file naming does not "
+                "match this spec's sharding (the spec given to DVID was another one?)"
             )
         by_shard[shard] = f
         chunks = count_csv_chunks(f.csv)
+        memory = estimate_memory_bytes(s, chunks, f.size)
         tasks.append(
             ShardTask(
                 run_id=plan.run_id,
@@ -140,23 +250,32 @@ def _scale_tasks(plan: Plan, s: int, files: list[ExportFile]) -> list[ShardTask]
                 kind="transcode",
                 sources=(
                     SourceObject(
-                        arrow=str(f.arrow),
-                        csv=str(f.csv) if f.csv else "",
+                        arrow=str(f.arrow.absolute()),
+                        csv=str(f.csv.absolute()) if f.csv else "",
                         size=f.size,
                         generation=str(f.mtime_ns),
                     ),
                 ),
                 dest=plan.dest,
                 label_mode=plan.label_mode,
-                tier=pick_tier(estimate_memory_bytes(s, chunks, f.size)),
+                tier=pick_tier(memory),
                 chunks_expected=chunks,
+                memory_bytes=memory,
             )
         )
     return tasks
 
 
 def check_spec(path: str | os.PathLike) -> VolumeSpec:
+    """The spec, parsed, with the `info` it gives checked by TensorStore itself: a volume that
+    TensorStore cannot open is refused before anything is written."""
+    from dvid2ng.worker.output import info_problem
+
     try:
-        return VolumeSpec.load(path)
+        spec = VolumeSpec.load(path)
     except SpecError as e:
         raise PlanError(str(e)) from None
+    problem = info_problem(spec.info())
+    if problem:
+        raise PlanError(f"{Path(path).absolute()}: {problem}")
+    return spec

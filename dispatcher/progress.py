@@ -1,4 +1,9 @@
-"""Progress display for long runs: a tqdm bar on a terminal, a line every 10 s elsewhere."""
+"""Progress display for long runs: a tqdm bar on a terminal, a line every 10 s elsewhere.
+
+Fed the run's summary rows (aggregates, never a listing of every shard) each time the
+dispatcher polls the state. Speed counts only chunks converted since this display started, so
+a resumed run does not claim the earlier run's work as its own.
+"""
 
 from __future__ import annotations
 
@@ -7,46 +12,56 @@ import time
 
 from tqdm import tqdm
 
-from dvid2ng.backends.base import ShardRecord, ShardStatus
+from dvid2ng.backends.base import ShardStatus, SummaryRow
 
 LINE_EVERY_S = 10.0
-_COUNTED = (ShardStatus.RUNNING, ShardStatus.DONE, ShardStatus.EMPTY)
 
 
 class RunProgress:
-    """Called with the run's shard records each time the dispatcher polls the state."""
-
     def __init__(self, total_shards: int, total_chunks: int, *, enabled: bool = True) -> None:
         self.total_shards = total_shards
         self.enabled = enabled
-        self.bar = None
-        if enabled and sys.stderr.isatty():
-            self.bar = tqdm(
-                total=total_chunks or None,
-                unit="chunk",
-                unit_scale=True,
-                dynamic_ncols=True,
-                desc="converting",
-                file=sys.stderr,
-            )
+        self.total_chunks = total_chunks
+        self.bar: tqdm | None = None
+        self.tty = sys.stderr.isatty()
         self.started = time.monotonic()
         self.last_line = self.started
         self.chunks_at_start: int | None = None
         self.text = ""
         self.printed = ""
 
-    def __call__(self, records: list[ShardRecord]) -> None:
+    def __call__(self, rows: list[SummaryRow]) -> None:
         if not self.enabled:
             return
-        finished = sum(1 for r in records if r.status.finished)
-        failed = sum(1 for r in records if r.status == ShardStatus.FAILED)
-        running = sum(1 for r in records if r.status == ShardStatus.RUNNING)
-        chunks = sum(r.chunks_done for r in records if r.status in _COUNTED)
+        by = {s: 0 for s in ShardStatus}
+        for r in rows:
+            by[r.status] += r.shards
+        finished = by[ShardStatus.DONE] + by[ShardStatus.EMPTY]
+        # chunks of finished shards plus the progress of running ones; failed attempts' partial
+        # counts are not work done
+        chunks = sum(
+            r.chunks_done
+            for r in rows
+            if r.status in (ShardStatus.RUNNING, ShardStatus.DONE, ShardStatus.EMPTY)
+        )
         if self.chunks_at_start is None:
-            self.chunks_at_start = chunks  # shards finished by earlier runs do not count as speed
-        shards = f"shards {finished}/{self.total_shards} ({running} running, {failed} failed)"
+            self.chunks_at_start = chunks
+            if self.tty:  # earlier runs' work shows as done (initial), not as speed
+                self.bar = tqdm(
+                    total=self.total_chunks or None,
+                    initial=chunks,
+                    unit="chunk",
+                    unit_scale=True,
+                    dynamic_ncols=True,
+                    desc="converting",
+                    file=sys.stderr,
+                )
+        shards = (
+            f"shards {finished}/{self.total_shards} ({by[ShardStatus.RUNNING]} running, "
+            f"{by[ShardStatus.FAILED]} failed)"
+        )
         if self.bar is not None:
-            self.bar.n = chunks
+            self.bar.update(chunks - self.bar.n)
             self.bar.set_postfix_str(shards, refresh=False)
             self.bar.refresh()
             return

@@ -743,8 +743,11 @@ def decompress_block(record: ChunkRecord, file: str | Path) -> np.ndarray:
 def list_export(source: str | Path) -> dict[int, list[ExportFile]]:
     """The `.arrow` files of an export folder by scale: `s<N>/<X>_<Y>_<Z>.arrow` (+ `.csv`).
 
-    Other files (export.log, label profiles, manifests) and folders are ignored. A `.arrow` whose
-    name is not X_Y_Z raises ExportFormatError. Files are sorted by origin (z, y, x).
+    Other files (export.log, label profiles, manifests) and folders are ignored. Raises
+    ExportFormatError for what would otherwise lose a shard silently: an `.arrow` whose name is
+    not X_Y_Z, an `X_Y_Z.arrow` that is not a regular file (a directory, a dangling link), and an
+    `X_Y_Z.csv` index without its `.arrow`. Files are sorted by origin (z, y, x). A scale folder
+    without files is listed with no files (the planner decides what that means).
     """
     source = Path(source)
     if not source.is_dir():
@@ -755,24 +758,39 @@ def list_export(source: str | Path) -> dict[int, list[ExportFile]]:
         if not m or not sub.is_dir():
             continue
         scale = int(m.group(1))
-        files = []
-        for p in sub.iterdir():
-            if p.suffix != ".arrow" or not p.is_file():
-                continue
-            if not _STEM_RE.fullmatch(p.stem):
-                raise ExportFormatError(
-                    display_name(p),
-                    "not a DVID export file name: expected <X>_<Y>_<Z>.arrow (voxel origin)",
-                )
-            csv = p.with_suffix(".csv")
-            st = p.stat()
-            files.append(
-                ExportFile(
-                    scale, p.stem, p, csv if csv.is_file() else None, st.st_size, st.st_mtime_ns
-                )
-            )
-        files.sort(key=lambda e: e.origin[::-1])
         if scale in out:  # "s1" and "s01"
             raise ExportFormatError(str(sub), f"two folders for scale {scale}")
-        out[scale] = files
+        out[scale] = _list_scale_folder(scale, sub)
     return dict(sorted(out.items()))
+
+
+def _list_scale_folder(scale: int, folder: Path) -> list[ExportFile]:
+    files = []
+    for p in sorted(folder.iterdir()):
+        if p.suffix == ".csv" and _STEM_RE.fullmatch(p.stem):
+            if not p.with_suffix(".arrow").exists():
+                raise ExportFormatError(
+                    str(p.absolute()),
+                    f"chunk index without its data file {p.stem}.arrow (an interrupted copy?); "
+                    "copy the .arrow file too, or remove the .csv",
+                )
+            continue
+        if p.suffix != ".arrow":
+            continue
+        if not _STEM_RE.fullmatch(p.stem):
+            raise ExportFormatError(
+                str(p.absolute()),
+                "not a DVID export file name: expected <X>_<Y>_<Z>.arrow (voxel origin)",
+            )
+        if not p.is_file():
+            what = "a directory" if p.is_dir() else "not a regular file (a dangling link?)"
+            raise ExportFormatError(
+                str(p.absolute()), f"is {what}, not a DVID export file; its shard cannot be read"
+            )
+        csv = p.with_suffix(".csv")
+        st = p.stat()
+        files.append(
+            ExportFile(scale, p.stem, p, csv if csv.is_file() else None, st.st_size, st.st_mtime_ns)
+        )
+    files.sort(key=lambda e: e.origin[::-1])
+    return files

@@ -144,6 +144,26 @@ def dvid_file_stem(scale: Scale, chunk: Chunk) -> str:
     return "_".join(str((c * DVID_BLOCK) // dim * dim) for c in chunk)
 
 
+def dvid_name_collision(scale: Scale) -> tuple[int, int, str] | None:
+    """Two shards DVID's cubic file naming would put into one export file, or None.
+
+    DVID names a shard's file after the cube of side D (its largest shard extent) holding its
+    first block. Along an axis where shards are thinner than D and the grid holds more than one
+    of them, neighbouring shards fall into one cube and both are appended to one file
+    (formats.md §2.7.2). Returns (shard_a, shard_b, file stem) for the first such pair.
+    """
+    shape = shard_shape(scale)
+    side = max(shape)
+    for d in range(3):
+        if shape[d] < side and scale.grid[d] > shape[d]:
+            second = [0, 0, 0]
+            second[d] = shape[d]
+            a = shard_of_chunk(scale, (0, 0, 0))
+            b = shard_of_chunk(scale, tuple(second))  # type: ignore[arg-type]
+            return a, b, dvid_file_stem(scale, (0, 0, 0))
+    return None
+
+
 def parse_dvid_file_stem(stem: str) -> tuple[int, int, int]:
     parts = stem.split("_")
     if len(parts) != 3 or not all(p.isdigit() for p in parts):

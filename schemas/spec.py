@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,15 @@ from typing import Any
 SHARDING_TYPE = "neuroglancer_uint64_sharded_v1"
 CSEG_BLOCK = (8, 8, 8)
 DVID_BLOCK = 64  # DVID label blocks are 64^3 voxels
+
+# What a DVID label export always is; a spec that leaves these out gets them filled in.
+VOLUME_DEFAULTS = {"type": "segmentation", "data_type": "uint64", "num_channels": 1}
+
+# A scale key is one path segment of DEST (DEST/<key>/<shard>.shard) and of the URLs readers
+# build from it. Keys that start with "." (".", "..", our ".dvid2ng" state folder) or equal
+# "info" would land on something that is not that scale's folder.
+_KEY_RE = re.compile(r"[A-Za-z0-9_\-][A-Za-z0-9_.\-]*")
+_RESERVED_KEYS = ("info",)
 
 
 class SpecError(ValueError):
@@ -78,7 +88,8 @@ class Scale:
 @dataclass(frozen=True)
 class VolumeSpec:
     scales: tuple[Scale, ...]
-    raw: dict[str, Any]  # the spec as given
+    raw: dict[str, Any]  # the spec as given, with the fields in VOLUME_DEFAULTS filled in
+    notes: tuple[str, ...] = ()  # what parsing filled in, for the user to read
 
     @classmethod
     def load(cls, path: str | Path) -> VolumeSpec:
@@ -98,17 +109,25 @@ class VolumeSpec:
                 raise SpecError(f"{source}: not valid JSON: {e}") from None
         if not isinstance(spec, dict):
             raise SpecError(f"{source}: must be a JSON object")
-        _expect(spec, "type", "segmentation", source)
-        _expect(spec, "data_type", "uint64", source)
-        _expect(spec, "num_channels", 1, source)
+        spec = copy.deepcopy(spec)
+        notes = []
+        for field, want in VOLUME_DEFAULTS.items():
+            if field in spec:
+                _expect(spec, field, want, source)
+            else:
+                spec[field] = want
+                notes.append(
+                    f"{source}: no {field!r}; using {want!r} (DVID label exports are always "
+                    "segmentation, uint64, 1 channel)"
+                )
         scales_json = spec.get("scales")
         if not isinstance(scales_json, list) or not scales_json:
             raise SpecError(f"{source}: 'scales' must be a non-empty list")
-        scales = tuple(_parse_scale(i, s, source) for i, s in enumerate(scales_json))
+        scales = tuple(_parse_scale(i, s, source, scales_json) for i, s in enumerate(scales_json))
         keys = [s.key for s in scales]
         if len(set(keys)) != len(keys):
             raise SpecError(f"{source}: scale keys must be unique, got {keys}")
-        return cls(scales=scales, raw=copy.deepcopy(spec))
+        return cls(scales=scales, raw=spec, notes=tuple(notes))
 
     def info(self) -> dict[str, Any]:
         """The neuroglancer `info` to write: the spec with every scale as sharded, gzip,
@@ -144,13 +163,12 @@ def _triple(value: Any, what: str, kind: type, positive: bool = True) -> tuple:
     return tuple(out)
 
 
-def _parse_scale(index: int, s: Any, source: str) -> Scale:
+def _parse_scale(index: int, s: Any, source: str, all_scales: list[Any]) -> Scale:
     where = f"{source}: scale {index}"
     if not isinstance(s, dict):
         raise SpecError(f"{where}: must be an object")
     key = s.get("key")
-    if not isinstance(key, str) or not key or "/" in key:
-        raise SpecError(f"{where}: 'key' must be a non-empty string without '/', got {key!r}")
+    _check_key(key, where)
     where = f"{source}: scale {index} ({key})"
     size = _triple(s.get("size"), f"{where}: size", int)
     chunks = s.get("chunk_sizes")
@@ -161,7 +179,12 @@ def _parse_scale(index: int, s: Any, source: str) -> Scale:
         raise SpecError(
             f"{where}: chunk_sizes[0] {list(chunk)} must be multiples of 8 (cseg blocks are 8^3)"
         )
-    resolution = _triple(s.get("resolution", [1, 1, 1]), f"{where}: resolution", float)
+    if "resolution" not in s:
+        raise SpecError(
+            f"{where}: no 'resolution' (nm per voxel); readers cannot open a scale without it. "
+            f'Add for example "resolution": {_guess_resolution(index, size, all_scales)}'
+        )
+    resolution = _triple(s.get("resolution"), f"{where}: resolution", float)
     offset = _triple(
         s.get("voxel_offset", [0, 0, 0]), f"{where}: voxel_offset", int, positive=False
     )
@@ -173,22 +196,58 @@ def _parse_scale(index: int, s: Any, source: str) -> Scale:
         )
     sharding = _parse_sharding(s.get("sharding"), where)
     scale = Scale(index, key, size, chunk, resolution, offset, sharding)
-    total = scale.total_bits
-    have = sharding.preshift_bits + sharding.minishard_bits + sharding.shard_bits
-    if have != total:
-        raise SpecError(
-            f"{where}: sharding bits do not add up: preshift_bits {sharding.preshift_bits} + "
-            f"minishard_bits {sharding.minishard_bits} + shard_bits {sharding.shard_bits} = {have}, "
-            f"but a chunk grid of {list(scale.grid)} (size {list(size)} / chunk {list(chunk)}) needs "
-            f"{total} bits ({'+'.join(map(str, scale.bits))}); "
-            + (
-                "chunks would collide in the same shard slots"
-                if have < total
-                else "shards would not cover the volume the way DVID names them"
-            )
-            + f". For example set shard_bits to {max(0, total - sharding.preshift_bits - sharding.minishard_bits)}."
-        )
+    _check_sharding_bits(scale, where)
     return scale
+
+
+def _check_key(key: Any, where: str) -> None:
+    if not isinstance(key, str) or not _KEY_RE.fullmatch(key) or key in _RESERVED_KEYS:
+        suggestion = re.sub(r"[^A-Za-z0-9_.\-]", "_", key if isinstance(key, str) else "")
+        suggestion = suggestion.lstrip(".") or f"s{where.rsplit(' ', 1)[-1]}"
+        if suggestion in _RESERVED_KEYS:
+            suggestion = "s_" + suggestion
+        raise SpecError(
+            f"{where}: 'key' must be one path segment of letters, digits, '_', '-' and '.' that "
+            f"does not start with '.' and is not {' or '.join(map(repr, _RESERVED_KEYS))}, got "
+            f"{key!r}: it names the folder DEST/<key>/. Use for example {suggestion!r}"
+        )
+
+
+def _guess_resolution(index: int, size: tuple[int, int, int], all_scales: list[Any]) -> list:
+    """A resolution for a scale that has none: from another scale's resolution and the size
+    ratio (a 2x smaller scale has 2x the nm per voxel), else 1 nm."""
+    for other in all_scales:
+        if not isinstance(other, dict) or "resolution" not in other:
+            continue
+        try:
+            res = [float(r) for r in other["resolution"]]
+            osize = [int(v) for v in other["size"]]
+        except (TypeError, ValueError, KeyError):
+            continue
+        if len(res) == 3 and len(osize) == 3:
+            guess = [r * o / n for r, o, n in zip(res, osize, size, strict=True)]
+            return [round(g) if abs(g - round(g)) < 0.05 else round(g, 2) for g in guess]
+    return [1, 1, 1]
+
+
+def _check_sharding_bits(scale: Scale, where: str) -> None:
+    """preshift + minishard + shard must cover the chunk grid's Morton bits; more is fine (the
+    surplus bits are unused: TensorStore, cloud-volume and Neuroglancer accept it), fewer would
+    fold two regions of the grid, two DVID files, into one shard file (formats.md §7.1)."""
+    sh = scale.sharding
+    total = scale.total_bits
+    have = sh.preshift_bits + sh.minishard_bits + sh.shard_bits
+    if have >= total:
+        return
+    need = total - sh.preshift_bits - sh.minishard_bits
+    raise SpecError(
+        f"{where}: sharding bits do not add up: preshift_bits {sh.preshift_bits} + "
+        f"minishard_bits {sh.minishard_bits} + shard_bits {sh.shard_bits} = {have}, but a "
+        f"chunk grid of {list(scale.grid)} (size {list(scale.size)} / chunk "
+        f"{list(scale.chunk_size)}) needs at least {total} bits ({'+'.join(map(str, scale.bits))}): "
+        "two regions of the volume would share one shard file and the second DVID file would "
+        f"replace the first. Set shard_bits to {need} (or more)."
+    )
 
 
 def _parse_sharding(sh: Any, where: str) -> Sharding:

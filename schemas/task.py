@@ -11,7 +11,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 LABEL_MODES = ("labels", "supervoxels")
 TASK_KINDS = ("transcode", "downsample")
 MAX_MESSAGE_BYTES = 1_000_000  # Pub/Sub allows 10 MB; a task is a few hundred bytes
@@ -19,6 +19,11 @@ MAX_MESSAGE_BYTES = 1_000_000  # Pub/Sub allows 10 MB; a task is a few hundred b
 
 class TaskError(ValueError):
     """A task message that cannot be processed as written (never retried)."""
+
+
+class UnsupportedTask(TaskError):
+    """A well-formed task of a kind or schema version this worker does not know: written by a
+    newer dispatcher during a rolling upgrade, so another worker may handle it (nack, later)."""
 
 
 @dataclass(frozen=True)
@@ -44,6 +49,7 @@ class ShardTask:
     z_compress: int = 0
     tier: str = ""
     chunks_expected: int = 0
+    memory_bytes: int = 0  # the planner's peak-memory estimate (0: unknown)
     schema_version: int = SCHEMA_VERSION
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -69,6 +75,13 @@ class ShardTask:
             raise TaskError(f"task message is not JSON: {e}") from None
         if not isinstance(data, dict):
             raise TaskError("task message is not a JSON object")
+        version = data.get("schema_version")
+        if isinstance(version, int) and not isinstance(version, bool) and version > SCHEMA_VERSION:
+            raise UnsupportedTask(
+                f"task schema_version {version} is newer than this worker's {SCHEMA_VERSION}"
+            )
+        if data.get("kind") not in (None, *TASK_KINDS) and isinstance(data.get("kind"), str):
+            raise UnsupportedTask(f"task kind {data['kind']!r} is not one this worker knows")
         _check_fields(data)
         try:
             sources = tuple(SourceObject(**s) for s in data.pop("sources"))
@@ -153,6 +166,7 @@ def task_json_schema() -> dict[str, Any]:
             "z_compress": {"enum": [0, 1, 3, 7, 15, 31, 63]},
             "tier": {"type": "string"},
             "chunks_expected": {"type": "integer", "minimum": 0},
+            "memory_bytes": {"type": "integer", "minimum": 0},
             "extra": {"type": "object"},
         },
     }

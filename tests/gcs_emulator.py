@@ -38,7 +38,9 @@ class CountingProxy(ThreadingHTTPServer):
 
     def __init__(self, upstream_port: int) -> None:
         self.upstream_port = upstream_port
-        self.writes: Counter[str] = Counter()
+        self.writes: Counter[str] = Counter()  # object name -> uploads
+        self.deletes: Counter[str] = Counter()  # object name -> DELETE requests
+        self.requests: list[tuple[str, str, str]] = []  # (method, path, Range header)
         self.lock = threading.Lock()
         super().__init__(("127.0.0.1", 0), _Handler)
 
@@ -63,6 +65,11 @@ class _Handler(BaseHTTPRequestHandler):
         body = self.rfile.read(length) if length else b""
         parsed = urllib.parse.urlparse(self.path)
         query = urllib.parse.parse_qs(parsed.query)
+        with self.server.lock:
+            self.server.requests.append((self.command, self.path, self.headers.get("Range", "")))
+            if self.command == "DELETE" and "/o/" in parsed.path:
+                name = urllib.parse.unquote(parsed.path.split("/o/", 1)[1])
+                self.server.deletes[name] += 1
         if self.command in ("POST", "PUT") and parsed.path.startswith("/upload/"):
             name = query.get("name", [""])[0]
             if query.get("uploadType", [""])[0] != "resumable" or self.command == "PUT":

@@ -3,6 +3,9 @@
 import json
 import subprocess
 import sys
+from importlib.metadata import version
+
+import pytest
 
 from dvid2ng.dispatcher.cli import main
 from tests.exports import make_export
@@ -49,11 +52,21 @@ def test_demo_converts_and_verifies(tmp_path, capsys):
 
 def test_demo_refuses_a_foreign_folder(tmp_path):
     (tmp_path / "precious.txt").write_text("keep me")
-    try:
+    with pytest.raises(SystemExit) as e:
         main(["demo", str(tmp_path)])
-    except SystemExit as e:
-        assert "not empty" in str(e)
+    assert "not empty" in str(e.value)
     assert (tmp_path / "precious.txt").read_text() == "keep me"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["precious.txt"]
+
+
+def test_version():
+    out = subprocess.run(
+        [sys.executable, "-m", "dvid2ng.dispatcher.cli", "--version"],
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 0
+    assert out.stdout.strip() == f"dvid2ng {version('dvid2ng')}"
 
 
 def test_status_json(tmp_path, capsys):
@@ -77,7 +90,15 @@ def test_status_json(tmp_path, capsys):
     capsys.readouterr()
     assert main(["status", str(dest), "--json"]) == 0
     status = json.loads(capsys.readouterr().out)
+    assert status["finished"] is True
     assert status["counts"]["failed"] == 0
-    assert status["counts"]["done"] + status["counts"]["empty"] >= 1
-    assert status["chunks"] > 0
+    assert status["counts"]["done"] + status["counts"]["empty"] == len(
+        list((export.source / "s1").glob("*.arrow"))
+    )
+    assert status["chunks_done"] == status["chunks_expected"] > 0
+    assert status["unplanned_scales"] == [0]  # the spec's s0 was left out by --scales 1
+    assert main(["status", str(dest)]) == 0
+    text = capsys.readouterr().out
+    assert "scales 0 of the spec have no data yet" in text and "finished" in text
     assert main(["status", str(tmp_path / "nothing")]) == 2
+    assert "no conversion state" in capsys.readouterr().err

@@ -75,7 +75,8 @@ def test_run_reads_back_bit_exact(export, tmp_path, mode, capsys):
     # re-running resumes: nothing left to do, nothing rewritten
     mtimes = {p: p.stat().st_mtime_ns for p in dest.rglob("*.shard")}
     assert main(argv) == 0
-    assert "already finished before this run" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"({len(records)} finished before this run)" in err and "converted again" not in err
     assert {p: p.stat().st_mtime_ns for p in dest.rglob("*.shard")} == mtimes
 
 

@@ -10,7 +10,7 @@ import time
 import numpy as np
 
 from dvid2ng.backends import open_embedded
-from dvid2ng.backends.base import ShardStatus
+from dvid2ng.backends.base import ShardStatus, counts_by_status
 from dvid2ng.dvidexport.writer import write_export
 from dvid2ng.schemas.sharding import shard_bounds
 from dvid2ng.schemas.spec import VolumeSpec
@@ -71,7 +71,10 @@ def _wait_for_done(state_dir, proc, at_least):
     while time.monotonic() < deadline and proc.poll() is None:
         if (state_dir / "run.json").exists() and (state_dir / "state.sqlite").exists():
             run_id = json.loads((state_dir / "run.json").read_text())["run_id"]
-            if open_embedded(state_dir)[1].counts(run_id)[ShardStatus.DONE] >= at_least:
+            if (
+                counts_by_status(open_embedded(state_dir)[1].summary(run_id))[ShardStatus.DONE]
+                >= at_least
+            ):
                 return run_id
         time.sleep(0.02)
     raise AssertionError("the run did not progress")
@@ -91,7 +94,7 @@ def test_ctrl_c_then_resume(tmp_path):
 
     _, state = open_embedded(state_dir)
     records = state.list(run_id)
-    counts = state.counts(run_id)
+    counts = counts_by_status(state.summary(run_id))
     assert counts[ShardStatus.RUNNING] == 0, "no shard left claimed"
     assert counts[ShardStatus.DONE] >= 3 and counts[ShardStatus.QUEUED] > 0, counts
     done_names = {r.key.split("/")[1] for r in records if r.status == ShardStatus.DONE}
@@ -125,7 +128,10 @@ def test_hard_kill_then_prompt_resume(tmp_path):
     assert rerun.returncode == 0, rerun.stderr
     assert time.monotonic() - t < 45, "orphaned shards were waited for instead of released"
     assert np.array_equal(read_scale_tensorstore(str(dest), 0), volume)
-    assert open_embedded(dest / ".dvid2ng")[1].counts(run_id)[ShardStatus.RUNNING] == 0
+    assert (
+        counts_by_status(open_embedded(dest / ".dvid2ng")[1].summary(run_id))[ShardStatus.RUNNING]
+        == 0
+    )
 
 
 def test_second_concurrent_run_is_refused(tmp_path):

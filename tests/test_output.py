@@ -56,12 +56,52 @@ def test_write_shard_is_a_single_upload_and_reads_back(gcs):
     scale = spec.scales[0]
     store = ScaleStore("gs://vol/v", scale, io_context())
     chunks = {cid: bytes([cid]) * (100 + cid) for cid in range(0, 64)}  # all in shard 0
-    store.write_shard(chunks)
+    store.write_shard(0, chunks)
     assert dict(gcs.proxy.writes) == {"v/s0/0.shard": 1}
     for cid, data in chunks.items():
         got = store.sharded.read(cid.to_bytes(8, "big")).result()
         assert got.value == data
     assert store.shard_size(0) > sum(len(v) for v in chunks.values())
+
+
+@pytest.mark.parametrize("stale", [b"", b"xyz", b"\xff" * 5000])
+def test_a_stale_file_is_replaced_in_the_one_upload(gcs, stale):
+    """Whatever sits where the shard goes (an interrupted attempt, garbage, a 0-byte file) is
+    replaced by the commit itself: one upload, no separate delete, no merge, no error."""
+    import google.cloud.storage as storage
+
+    client = storage.Client(project="test")
+    client.bucket("vol").blob("s/s0/0.shard").upload_from_string(stale)
+    gcs.proxy.writes.clear()
+    gcs.proxy.deletes.clear()
+    store = ScaleStore("gs://vol/s", VolumeSpec.from_json(BASE).scales[0], io_context())
+    store.write_shard(0, {5: b"new", 9: b"data"})
+    assert dict(gcs.proxy.writes) == {"s/s0/0.shard": 1}
+    assert dict(gcs.proxy.deletes) == {}
+    assert sorted(store.sharded.list().result()) == [(5).to_bytes(8, "big"), (9).to_bytes(8, "big")]
+    # and a shard left with no chunks removes the stale file (one delete, no upload)
+    gcs.proxy.writes.clear()
+    store.write_shard(0, {})
+    assert store.shard_size(0) is None and dict(gcs.proxy.writes) == {}
+
+
+def test_shard_file_problem_reads_only_the_index_and_the_last_byte(gcs):
+    store = ScaleStore("gs://vol/p", VolumeSpec.from_json(BASE).scales[0], io_context())
+    store.write_shard(0, {cid: b"x" * 1000 for cid in range(40)})
+    size = store.shard_size(0)
+    gcs.proxy.requests.clear()
+    assert store.shard_file_problem(0, size) is None
+    reads = [r for r in gcs.proxy.requests if r[0] == "GET"]
+    assert len(reads) == 2 and all(rng for _, _, rng in reads), reads
+    assert "index says" in store.shard_file_problem(0, size + 1)
+    assert "missing" in store.shard_file_problem(1, size)
+    import google.cloud.storage as storage
+
+    blob = storage.Client(project="test").bucket("vol").blob("p/s0/0.shard")
+    blob.upload_from_string(blob.download_as_bytes()[: size - 10])
+    assert "truncated" in store.shard_file_problem(0, size)
+    blob.upload_from_string(b"abc")
+    assert "shorter than its" in store.shard_file_problem(0, size)
 
 
 def test_the_counter_sees_rewrites(gcs):
@@ -86,7 +126,7 @@ def test_gzip_level_chunks_decode_through_the_precomputed_driver(tmp_path):
     store = ScaleStore(dest, spec.scales[0], io_context())
     rng = np.random.default_rng(1)
     block = rng.integers(0, 5, size=(64, 64, 64), dtype=np.uint64) + np.uint64(2**63)
-    store.write_shard({0: gzip_bytes(encode_cseg(block), 6)})
+    store.write_shard(0, {0: gzip_bytes(encode_cseg(block), 6)})
     vol = ts.open(
         {"driver": "neuroglancer_precomputed", "kvstore": kvstore_spec(dest), "scale_index": 0}
     ).result()

@@ -47,6 +47,7 @@ def test_incorrect_bits_fixture_is_rejected_with_a_clear_message(shared_fixtures
     assert "sharding bits do not add up" in msg
     assert "scale 0" in msg and "33" in msg and "34" in msg
     assert "mcns-v0.9-ng-specs-INCORRECT-bits.json" in msg
+    assert "Set shard_bits to 22" in msg  # the fix, computed from the spec (6 + 6 + 22 = 34)
 
 
 @pytest.mark.parametrize("name", ["fish2_seg_native_z_spec.json", "fish2_seg_zdoubled_spec.json"])
@@ -69,8 +70,8 @@ def test_info_forces_cseg_8cubed_and_gzip():
 @pytest.mark.parametrize(
     ("path", "value", "fragment"),
     [
-        (("scales", 0, "sharding", "shard_bits"), 3, "do not add up"),
-        (("scales", 0, "sharding", "shard_bits"), 1, "collide"),
+        (("scales", 0, "sharding", "shard_bits"), 1, "Set shard_bits to 2"),
+        (("scales", 0, "sharding", "minishard_bits"), 0, "share one shard file"),
         (("scales", 0, "sharding", "hash"), "murmurhash3_x86_128", "only implements 'identity'"),
         (("scales", 0, "sharding", "@type"), "other", "@type"),
         (("scales", 0, "size"), [300, 260], "size must be a list of 3"),
@@ -109,3 +110,74 @@ def test_chunk_extent_clips_edges():
     assert s.chunk_extent((0, 0, 0)) == (64, 64, 64)
     assert s.chunk_extent((4, 4, 3)) == (300 - 256, 260 - 256, 200 - 192)
     assert s.chunk_extent((5, 0, 0)) == (0, 64, 64)
+
+
+def _with(**scale_fields):
+    spec = copy.deepcopy(BASE)
+    spec["scales"][0].update(scale_fields)
+    return spec
+
+
+def test_surplus_sharding_bits_are_accepted():
+    """Grid [2,2,1] has 2 Morton bits; preshift 1 + minishard 2 + shard 0 = 3 is valid (readers
+    accept it; the extra bit is unused). Before the fix this was refused with "set shard_bits to
+    0", which it already was."""
+    sharding = dict(BASE["scales"][0]["sharding"], preshift_bits=1, minishard_bits=2, shard_bits=0)
+    spec = VolumeSpec.from_json(_with(size=[128, 128, 64], sharding=sharding))
+    assert spec.scales[0].grid == (2, 2, 1) and spec.scales[0].total_bits == 2
+    # more shard bits than the grid needs is fine too
+    VolumeSpec.from_json(
+        _with(sharding=dict(sharding, preshift_bits=3, minishard_bits=3, shard_bits=9))
+    )
+
+
+def test_missing_volume_fields_are_filled_and_said():
+    spec = copy.deepcopy(BASE)
+    for f in ("type", "data_type", "num_channels"):
+        del spec[f]
+    parsed = VolumeSpec.from_json(spec, source="mine.json")
+    info = parsed.info()
+    assert (info["type"], info["data_type"], info["num_channels"]) == ("segmentation", "uint64", 1)
+    assert len(parsed.notes) == 3 and all("mine.json" in n for n in parsed.notes)
+    assert "'data_type'" in " ".join(parsed.notes)
+    assert VolumeSpec.from_json(BASE).notes == ()
+
+
+def test_missing_resolution_is_refused_with_a_computed_fix():
+    spec = copy.deepcopy(BASE)
+    s1 = copy.deepcopy(spec["scales"][0])
+    s1.update(key="s1", size=[150, 130, 100])
+    del s1["resolution"]
+    spec["scales"].append(s1)
+    with pytest.raises(SpecError) as e:
+        VolumeSpec.from_json(spec)
+    assert "scale 1 (s1)" in str(e.value) and '"resolution": [16, 16, 16]' in str(e.value)
+    del spec["scales"][0]["resolution"]
+    with pytest.raises(SpecError, match=r"scale 0 .*\[1, 1, 1\]"):
+        VolumeSpec.from_json(spec)
+
+
+@pytest.mark.parametrize(
+    ("key", "proposal"),
+    [
+        (".", "s0"),
+        ("..", "s0"),
+        ("a/b", "a_b"),
+        ("info", "s_info"),
+        (".dvid2ng", "dvid2ng"),
+        ("8 nm", "8_nm"),
+        ("a\\b", "a_b"),
+        (7, "s0"),
+        ("%2e%2e", "_2e_2e"),
+    ],
+)
+def test_keys_that_are_not_a_path_segment_are_refused(key, proposal):
+    with pytest.raises(SpecError) as e:
+        VolumeSpec.from_json(_with(key=key))
+    assert "one path segment" in str(e.value)
+    assert repr(proposal) in str(e.value)
+
+
+@pytest.mark.parametrize("key", ["8x8x8", "s0", "8.0x8.0x8.0", "mip_0", "a-b"])
+def test_ordinary_keys_are_accepted(key):
+    assert VolumeSpec.from_json(_with(key=key)).scales[0].key == key

@@ -33,3 +33,24 @@ class InputError(Exception):
 
 class Interrupted(Exception):
     """The worker was asked to stop; nothing of the current shard was committed."""
+
+
+class Fenced(Exception):
+    """This worker's claim on the shard is no longer current (it was presumed dead and another
+    worker took over, or the shard was reset): nothing was committed, nothing is recorded."""
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """ENOSPC / EDQUOT anywhere in the chain: the disk, not the memory tier, is the problem."""
+    import errno
+
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        text = str(exc)
+        if "No space left on device" in text or "ENOSPC" in text:
+            return True  # TensorStore reports it in its own status text
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    return False

@@ -37,3 +37,42 @@ def current_rss_bytes() -> int:
     except OSError:
         pass
     return 0
+
+
+def cgroup_memory_limit_bytes(root: Path = Path("/sys/fs/cgroup")) -> int | None:
+    """The container's memory limit (cgroup v2 `memory.max`, else v1), None when unlimited."""
+    for name in ("memory.max", "memory/memory.limit_in_bytes"):
+        try:
+            text = (root / name).read_text().strip()
+        except OSError:
+            continue
+        if text == "max":
+            return None
+        try:
+            value = int(text)
+        except ValueError:
+            continue
+        # cgroup v1 reports "no limit" as a huge page-aligned number near 2^63
+        return None if value >= 1 << 60 else value
+    return None
+
+
+def memory_budget_bytes(env: dict[str, str] | None = None) -> int | None:
+    """What this worker may use: DVID2NG_MEMORY_BUDGET_BYTES (set per tier by the deployment),
+    else the cgroup limit, else None (unknown: no shard is refused for its size)."""
+    import os
+
+    from dvid2ng.schemas.fleet import env_name
+
+    value = (os.environ if env is None else env).get(env_name("memory_budget_bytes"), "")
+    if value.strip():
+        try:
+            budget = int(value)
+        except ValueError:
+            raise ValueError(
+                f"{env_name('memory_budget_bytes')}={value!r} is not a whole number of bytes"
+            ) from None
+        if budget <= 0:
+            raise ValueError(f"{env_name('memory_budget_bytes')} must be positive, got {budget}")
+        return budget
+    return cgroup_memory_limit_bytes()

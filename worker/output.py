@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import json
 import struct
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -142,46 +142,106 @@ class ScaleStore:
     def shard_file(self, shard: int) -> str:
         return shard_name(self.scale, shard) + ".shard"
 
+    @property
+    def shard_index_bytes(self) -> int:
+        return 16 << self.scale.sharding.minishard_bits
+
+    def read_shard_index(self, shard: int) -> np.ndarray | None:
+        """The shard index ((start, end) per minishard, relative to the index's end) read with
+        one range request, or None when the file does not exist. Raises ShardFileError for a
+        file too short to hold it (a truncated or foreign file)."""
+        key = self.shard_file(shard).encode()
+        n = self.shard_index_bytes
+        try:
+            got = self.base.read(key, byte_range=slice(0, n)).result()
+        except ValueError as e:  # TensorStore: OUT_OF_RANGE for a file shorter than the range
+            raise ShardFileError(
+                self._where(shard), f"shorter than its {n}-byte index ({e})"
+            ) from None
+        if got.state != "value":
+            return None
+        raw = bytes(got.value)
+        if len(raw) != n:
+            raise ShardFileError(self._where(shard), f"{len(raw)} bytes, shorter than its index")
+        return np.frombuffer(raw, dtype="<u8").reshape(-1, 2)
+
+    def _where(self, shard: int) -> str:
+        return f"{self.dest.rstrip('/')}/{self.scale.key}/{self.shard_file(shard)}"
+
     def shard_size(self, shard: int) -> int | None:
         """Size in bytes of the shard file, or None if it does not exist.
 
         Reads only the shard index (16 bytes per minishard): its entries are (start, end)
         offsets relative to the end of the index, so the file ends at the largest `end`.
         """
-        index_len = 16 << self.scale.sharding.minishard_bits
-        got = self.base.read(
-            self.shard_file(shard).encode(), byte_range=slice(0, index_len)
-        ).result()
-        if got.state != "value":
+        index = self.read_shard_index(shard)
+        if index is None:
             return None
-        entries = np.frombuffer(bytes(got.value), dtype="<u8")
-        return index_len + int(entries[1::2].max(initial=0))
+        return self.shard_index_bytes + int(index[:, 1].max(initial=0))
 
-    def delete_shard(self, shard: int) -> None:
-        self.base.write(self.shard_file(shard).encode(), None).result()  # None deletes the key
+    def shard_file_problem(self, shard: int, expected_size: int) -> str | None:
+        """Why the shard file cannot be trusted as a finished shard of `expected_size` bytes
+        (missing, shorter or longer, an index that does not read), or None if it can. Reads the
+        index and the file's last byte: two range requests, never the whole shard."""
+        where = self._where(shard)
+        try:
+            index = self.read_shard_index(shard)
+        except ShardFileError as e:
+            return str(e)
+        if index is None:
+            return f"{where} is missing"
+        starts, ends = index[:, 0], index[:, 1]
+        used = starts != ends  # empty minishards are (0, 0) or any start == end
+        if np.any(ends < starts) or np.any(starts[used][1:] < ends[used][:-1]):
+            return f"{where}: its shard index is not in order (not a shard file?)"
+        size = self.shard_index_bytes + int(ends.max(initial=0))
+        if size != expected_size:
+            return f"{where}: its index says {size} bytes, the finished shard had {expected_size}"
+        key = self.shard_file(shard).encode()
+        try:
+            tail = self.base.read(key, byte_range=slice(size - 1, size)).result()
+        except ValueError:
+            return f"{where} is truncated: shorter than the {size} bytes its index says"
+        if tail.state != "value" or len(bytes(tail.value)) != 1:
+            return f"{where} is truncated: shorter than the {size} bytes its index says"
+        return None
 
-    def write_shard(self, chunks: Mapping[int, bytes]) -> None:
+    def write_shard(self, shard: int, chunks: Mapping[int, bytes]) -> None:
         """Write every chunk of one shard in a single transaction and commit it once."""
-        writer = self.begin_shard()
+        writer = self.begin_shard(shard)
         for chunk_id in sorted(chunks):
             writer.write(chunk_id, chunks[chunk_id])
         writer.commit()
 
-    def begin_shard(self) -> ShardWriter:
-        return ShardWriter(self)
+    def begin_shard(self, shard: int) -> ShardWriter:
+        return ShardWriter(self, shard)
+
+
+class ShardFileError(OSError):
+    """An output shard file that cannot be what it claims to be."""
+
+    def __init__(self, where: str, cause: str) -> None:
+        super().__init__(f"{where}: {cause}")
 
 
 class ShardWriter:
     """Stages the chunks of ONE output shard in a TensorStore transaction as they are produced
     (so only TensorStore holds them), then commits once: a single write of the shard file.
 
+    The transaction first stages a delete of the shard file itself, so the commit REPLACES the
+    file as a whole (whatever was there: an interrupted attempt, a foreign file, garbage)
+    instead of merging into it, and a shard with no chunks left deletes it. There is no
+    separate delete that could land without the new content.
+
     Each write's future is awaited: an unawaited write can be dropped silently (the
     predecessor lost data that way). Dropping the writer without `commit` writes nothing.
     """
 
-    def __init__(self, store: ScaleStore) -> None:
+    def __init__(self, store: ScaleStore, shard: int) -> None:
         self.store = store
+        self.shard = shard
         self.txn = ts.Transaction()
+        store.base.with_transaction(self.txn).write(store.shard_file(shard).encode(), None).result()
         self.kv = store.sharded.with_transaction(self.txn)
         self.chunks = 0
 
@@ -189,7 +249,14 @@ class ShardWriter:
         self.kv.write(chunk_key(chunk_id), data).result()
         self.chunks += 1
 
-    def commit(self) -> None:
+    def commit(self, fence: Callable[[], bool] | None = None) -> None:
+        """Commit once. `fence` is asked first (is this worker's claim still current?); when it
+        says no, nothing is written and `Fenced` is raised."""
+        if fence is not None and not fence():
+            self.abort()
+            from dvid2ng.worker.errors import Fenced
+
+            raise Fenced(f"claim on {self.store._where(self.shard)} lost before its commit")
         self.txn.commit_async().result()
 
     def abort(self) -> None:
@@ -200,3 +267,27 @@ def open_scale_store(
     dest: str, spec: VolumeSpec, scale_index: int, context: ts.Context | None = None
 ) -> ScaleStore:
     return ScaleStore(dest, spec.scales[scale_index], context or io_context())
+
+
+def info_problem(info: Mapping[str, Any]) -> str | None:
+    """Why TensorStore (a reader like any other) cannot open every scale of `info`, or None.
+
+    Checked in memory before DEST is touched, so a spec that would give an unreadable volume
+    is refused instead of leaving a volume nobody can open."""
+    context = ts.Context()
+    kv = ts.KvStore.open({"driver": "memory"}, context=context).result()
+    kv.write(b"info", json.dumps(info).encode()).result()
+    for i, scale in enumerate(info.get("scales", [])):
+        try:
+            ts.open(
+                {
+                    "driver": "neuroglancer_precomputed",
+                    "kvstore": {"driver": "memory"},
+                    "scale_index": i,
+                },
+                context=context,
+                read=True,
+            ).result()
+        except ValueError as e:
+            return f"TensorStore cannot open scale {i} ({scale.get('key')}) of the info: {e}"
+    return None

@@ -7,7 +7,6 @@ Nothing is written unless every record of the file converted: a corrupt block fa
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from dvid2ng.schemas.spec import DVID_BLOCK, Scale
 from dvid2ng.schemas.task import ShardTask
 from dvid2ng.worker.errors import InputError, Interrupted
 from dvid2ng.worker.output import ScaleStore, ShardWriter
+from dvid2ng.worker.sources import check_source_unchanged
 
 DEFAULT_GZIP_LEVEL = 6
 PROGRESS_EVERY = 256  # records between progress callbacks
@@ -52,19 +52,6 @@ def gzip_bytes(data: np.ndarray | bytes, level: int) -> bytes:
     return bytes(deflate.gzip_compress(data, level))
 
 
-def check_source_unchanged(task: ShardTask) -> None:
-    """The file must be the one that was planned (a re-export in place would mix data)."""
-    src = task.sources[0]
-    try:
-        st = os.stat(src.arrow)
-    except OSError as e:
-        raise InputError(f"cannot read source: {e.strerror}", file=src.arrow) from None
-    if st.st_size != src.size:
-        raise InputError(
-            f"source changed since planning: {st.st_size} bytes, planned {src.size}", file=src.arrow
-        )
-
-
 def transcode_shard(
     task: ShardTask,
     store: ScaleStore,
@@ -72,25 +59,25 @@ def transcode_shard(
     gzip_level: int = DEFAULT_GZIP_LEVEL,
     on_progress: Callable[[int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    fence: Callable[[], bool] | None = None,
 ) -> ShardOutcome:
-    """Convert the shard; commit only if every record converted (else nothing is written)."""
+    """Convert the shard; commit only if every record converted (else nothing is written).
+
+    The one commit replaces whatever file was there (see ShardWriter); `fence` is asked right
+    before it, so a worker whose claim was taken over never writes."""
     if task.kind != "transcode":
         raise InputError(f"task kind {task.kind!r} is not handled by transcode_shard")
     if task.z_compress:
         raise InputError("z_compress is not supported yet by this worker")
     started = time.monotonic()
-    check_source_unchanged(task)
-    writer = store.begin_shard()
+    check_source_unchanged(task.sources[0])
+    writer = store.begin_shard(task.shard)
     try:
         out = _convert_records(task, store, writer, gzip_level, on_progress, should_stop)
         if should_stop is not None and should_stop():
             raise Interrupted()
-        # A shard file already here is left over from an interrupted or foreign run: the sharded
-        # kvstore would merge into it, so start from nothing.
-        if store.shard_size(task.shard) is not None:
-            store.delete_shard(task.shard)
+        writer.commit(fence)  # with no chunks this removes a stale file, if any
         if out.chunks_written:
-            writer.commit()
             out.status = "done"
             out.bytes_written = store.shard_size(task.shard) or 0
     except BaseException:

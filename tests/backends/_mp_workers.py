@@ -61,8 +61,7 @@ def race_claims(
         barrier.wait(timeout=60)
         won = []
         for key in order:
-            rec = s.claim(run_id, key, worker, "t2gi", stale_after_s=3600.0)
-            if rec is not None:
+            if s.claim(run_id, key, worker, "t2gi", stale_after_s=3600.0).ok:
                 won.append(key)
         getattr(s, "close", lambda: None)()
         results.put((worker, won, None))

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from dvid2ng.backends.base import Queue, StateStore
+from dvid2ng.backends.base import Queue, QueueAdmin, StateStore
 from dvid2ng.backends.sqlite_queue import SqliteQueue
 from dvid2ng.backends.sqlite_state import SqliteStateStore
 
@@ -53,9 +53,13 @@ class QueueHarness:
     fifo: bool = False  # deliveries come in publish order
     exact_depth: bool = False  # depth() is exact at once (not an eventually consistent metric)
     preserves_message_id: bool = False  # a message keeps its id when it moves to the next tier
+    backstop_reason: bool = False  # dead letters of the backstop say why ("max delivery ...")
     attempts: int = 2  # max_delivery_attempts the escalation tests use (Pub/Sub needs >= 5)
     lease_s: float = 30.0  # lease the expiry tests use (Pub/Sub: >= 10 s)
+    nack_delay_s: float = 20.0  # delay the delayed-nack test uses
     pull_wait_s: float = 0.0  # how long to keep pulling before concluding nothing is deliverable
+    # admin(queue) -> the QueueAdmin for the same queues (the queue itself for SQLite)
+    admin: Callable[[Queue], QueueAdmin] = lambda q: q  # type: ignore[assignment,return-value]
     cleanup: list[Callable[[], None]] = field(default_factory=list)
 
 
@@ -112,6 +116,7 @@ def _sqlite_queue_harness(tmp_path: Path) -> QueueHarness:
         fifo=True,
         exact_depth=True,
         preserves_message_id=True,
+        backstop_reason=True,
         attempts=2,
         lease_s=30.0,
     )

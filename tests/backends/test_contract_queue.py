@@ -1,7 +1,8 @@
-"""Contract tests for `backends.base.Queue`: every queue backend must pass these.
+"""Contract tests for `backends.base.Queue` (and `QueueAdmin`): every queue backend passes these.
 
 Checks a backend cannot promise (exact attempt counts, FIFO, strict lease tokens, instant
-clocks, exact depth) depend on the capabilities its harness declares in `conftest.py`.
+clocks, exact depth) depend on the capabilities its harness declares in `conftest.py`; a test
+that needs one it lacks is skipped with the reason, never silently weakened.
 """
 
 from __future__ import annotations
@@ -12,11 +13,18 @@ from collections import Counter
 
 import pytest
 
-from dvid2ng.backends.base import Delivery, Queue
+from dvid2ng.backends.base import (
+    FORWARD_REASON,
+    FORWARDED_FROM,
+    MAX_LEASE_SECONDS,
+    TERMINAL,
+    Delivery,
+    Queue,
+)
 from tests.backends import _mp_workers
 from tests.backends.conftest import QueueHarness
 
-ESCALATED_FROM = "escalated_from"
+ESCALATED_FROM = FORWARDED_FROM
 
 
 def pull_one(h: QueueHarness, q: Queue, tier: str, lease_s: float | None = None) -> Delivery | None:
@@ -45,6 +53,13 @@ def require(flag: bool, what: str) -> None:
         pytest.skip(f"backend does not promise {what}")
 
 
+def attempt_is(h: QueueHarness, d: Delivery, n: int) -> bool:
+    """`d.attempt` is exactly n where the backend counts exactly, else at least n or unknown."""
+    if h.exact_attempts:
+        return d.attempt == n
+    return d.attempt is None or d.attempt >= n
+
+
 # -- basics ---------------------------------------------------------------------------------
 
 
@@ -58,14 +73,27 @@ def test_publish_pull_ack(queue_backend: QueueHarness, queue: Queue):
     assert d.message_id == mid
     assert d.tier == tier
     assert d.body == b"\x00payload\xff"
-    assert d.attempt == 1
+    assert attempt_is(queue_backend, d, 1)
     assert d.attributes["key"] == "s0/1a"
     assert d.ack_id
 
     queue.ack(d)
     assert pull_one(queue_backend, queue, tier) is None
     queue.ack(d)  # acking twice is harmless
-    assert queue.dead_letters() == []
+    assert queue_backend.admin(queue).dead_letters() == []
+
+
+def test_publish_many_delivers_each_with_its_attributes(queue_backend: QueueHarness, queue: Queue):
+    tier = queue.tiers[0]
+    msgs = [(b"m%d" % i, {"key": f"s0/{i:x}", "run": "r"}) for i in range(25)]
+    ids = queue.publish_many(tier, msgs)
+    assert len(ids) == 25 and len(set(ids)) == 25
+    got = pull_all(queue_backend, queue, tier)
+    assert sorted((d.body, d.attributes["key"]) for d in got) == sorted(
+        (b, a["key"]) for b, a in msgs
+    )
+    for d in got:
+        queue.ack(d)
 
 
 def test_pull_on_empty_queue_returns_nothing(queue_backend: QueueHarness, queue: Queue):
@@ -79,7 +107,7 @@ def test_tiers_are_independent(queue_backend: QueueHarness, queue: Queue):
     assert pull_one(queue_backend, queue, first) is None
     d = pull_one(queue_backend, queue, second)
     assert d is not None and d.body == b"big" and d.tier == second
-    assert d.attempt == 1
+    assert attempt_is(queue_backend, d, 1)
     queue.ack(d)
 
 
@@ -88,6 +116,23 @@ def test_unknown_tier_is_rejected(queue: Queue):
         queue.publish("no-such-tier", b"x")
     with pytest.raises(ValueError):
         queue.pull("no-such-tier")
+
+
+def test_production_lease_limits_are_enforced(queue_backend: QueueHarness, queue: Queue):
+    """Pub/Sub caps an ack deadline at 600 s; the emulator accepts more, so the code checks."""
+    tier = queue.tiers[0]
+    queue.publish(tier, b"x")
+    with pytest.raises(ValueError, match="600"):
+        queue.pull(tier, 1, lease_seconds=MAX_LEASE_SECONDS + 1)
+    d = pull_one(queue_backend, queue, tier)
+    assert d is not None
+    for bad in (MAX_LEASE_SECONDS + 1, 0, -5):
+        with pytest.raises(ValueError):
+            queue.extend(d, bad)
+    with pytest.raises(ValueError):
+        queue.nack(d, delay_seconds=MAX_LEASE_SECONDS + 1)
+    queue.extend(d, MAX_LEASE_SECONDS)  # the cap itself is fine
+    queue.ack(d)
 
 
 def test_messages_are_distinct_and_all_delivered(queue_backend: QueueHarness, queue: Queue):
@@ -125,7 +170,7 @@ def test_fifo_order(queue_backend: QueueHarness, queue: Queue):
     queue.nack(batch[1])
     d = pull_one(queue_backend, queue, tier)
     assert d is not None and d.body == bodies[1]
-    assert d.attempt == 2 if queue_backend.exact_attempts else d.attempt >= 2
+    assert attempt_is(queue_backend, d, 2)
 
 
 def test_leased_message_is_invisible_to_other_pulls(queue_backend: QueueHarness, queue: Queue):
@@ -146,17 +191,14 @@ def test_lease_expiry_redelivers_with_next_attempt(queue_backend: QueueHarness):
     tier = q.tiers[0]
     q.publish(tier, b"slow")
     d1 = pull_one(h, q, tier)
-    assert d1 is not None and d1.attempt == 1
+    assert d1 is not None and attempt_is(h, d1, 1)
 
     h.advance(h.lease_s + 1)  # the worker died: no ack, no heartbeat
     d2 = pull_one(h, q, tier)
     assert d2 is not None
     assert d2.body == b"slow"
     assert d2.tier == tier
-    if h.exact_attempts:
-        assert d2.attempt == 2
-    else:
-        assert d2.attempt >= 2
+    assert attempt_is(h, d2, 2)
     if h.preserves_message_id:
         assert d2.message_id == d1.message_id
     q.ack(d2)
@@ -174,9 +216,24 @@ def test_nack_redelivers_immediately(queue_backend: QueueHarness):
     d2 = pull_one(h, q, tier)  # no waiting for the lease
     assert d2 is not None
     assert d2.body == b"retry me" and d2.attributes["key"] == "s1/0"
-    assert d2.attempt == 2 if h.exact_attempts else d2.attempt >= 2
+    assert attempt_is(h, d2, 2)
     q.ack(d2)
     assert pull_one(h, q, tier) is None
+
+
+def test_nack_with_delay_holds_the_message_back(queue_backend: QueueHarness):
+    h = queue_backend
+    q = h.open(max_delivery_attempts=max(h.attempts, 5))
+    tier = q.tiers[0]
+    q.publish(tier, b"newer task kind")
+    d = pull_one(h, q, tier)
+    assert d is not None
+    q.nack(d, delay_seconds=h.nack_delay_s)
+    assert q.pull(tier, 1, lease_seconds=h.lease_s) == []  # not yet
+    h.advance(h.nack_delay_s + 1)
+    again = pull_one(h, q, tier)
+    assert again is not None and again.body == b"newer task kind"
+    q.ack(again)
 
 
 # -- escalation -----------------------------------------------------------------------------
@@ -210,17 +267,18 @@ def test_nack_escalates_through_every_tier_to_dead_letter(queue_backend: QueueHa
             d = pull_one(h, q, tier)
         if h.exact_attempts:
             assert attempts == list(range(1, n + 1))
-        else:
+        elif None not in attempts:
             assert attempts == sorted(attempts)
         for earlier in tiers[: i + 1]:
             assert pull_one(h, q, earlier) is None
         if i + 1 < len(tiers):
-            assert q.dead_letters() == []
+            assert h.admin(q).dead_letters() == []
 
-    [dl] = q.dead_letters()
+    [dl] = h.admin(q).dead_letters()
     assert dl.body == b"needs memory"
     assert dl.from_tier == tiers[-1]
-    assert dl.reason == f"max delivery attempts ({n}) exhausted on tier {tiers[-1]}"
+    if h.backstop_reason:
+        assert dl.reason == f"max delivery attempts ({n}) exhausted on tier {tiers[-1]}"
     assert dl.attributes["key"] == "s0/2b"
     if h.preserves_message_id:
         assert dl.message_id == mid
@@ -239,16 +297,15 @@ def test_lease_expiry_on_last_attempt_escalates(queue_backend: QueueHarness):
     for attempt in range(1, n + 1):
         d = pull_one(h, q, first)
         assert d is not None
-        if h.exact_attempts:
-            assert d.attempt == attempt
+        assert attempt_is(h, d, attempt)
         h.advance(h.lease_s + 1)
     assert pull_one(h, q, first) is None
     d = pull_one(h, q, second)
     assert d is not None
-    assert d.body == b"oom" and d.attempt == 1
+    assert d.body == b"oom" and attempt_is(h, d, 1)
     assert d.attributes[ESCALATED_FROM] == first and d.attributes["key"] == "s0/3"
     q.ack(d)
-    assert q.dead_letters() == []
+    assert h.admin(q).dead_letters() == []
 
 
 def test_escalated_message_queues_behind_existing_work(queue_backend: QueueHarness):
@@ -266,9 +323,10 @@ def test_escalated_message_queues_behind_existing_work(queue_backend: QueueHarne
 # -- dead letters ---------------------------------------------------------------------------
 
 
-def test_dead_letter_goes_straight_to_dead_letter_queue(queue_backend: QueueHarness):
+def test_forward_to_terminal_dead_letters_at_once(queue_backend: QueueHarness):
     h = queue_backend
     q = h.open(max_delivery_attempts=max(h.attempts, 5))
+    admin = h.admin(q)
     first, second = q.tiers[0], q.tiers[1]
     q.publish(first, b"garbage", {"key": "s0/bad"})
     q.publish(first, b"fine")
@@ -276,28 +334,66 @@ def test_dead_letter_goes_straight_to_dead_letter_queue(queue_backend: QueueHarn
 
     d = pull_one(h, q, first)
     assert d is not None and d.body == b"garbage"
-    q.dead_letter(d, "poison: task schema_version 99 unsupported")
+    q.forward(d, TERMINAL, "poison: task schema_version 99 unsupported")
     d2 = pull_one(h, q, second)
     assert d2 is not None
-    q.dead_letter(d2, "poison: truncated arrow file")
+    q.forward(d2, TERMINAL, "poison: truncated arrow file")
 
-    dls = q.dead_letters()
-    assert [x.body for x in dls] == [b"garbage", b"also garbage"]  # oldest first
-    assert dls[0].from_tier == first
-    assert dls[0].reason == "poison: task schema_version 99 unsupported"
-    assert dls[0].attributes["key"] == "s0/bad"
-    assert dls[1].from_tier == second
-    assert dls[1].reason == "poison: truncated arrow file"
-    if h.preserves_message_id:
-        assert dls[0].message_id == d.message_id
+    dls = sorted(admin.dead_letters(), key=lambda x: x.body)
+    assert [x.body for x in dls] == [b"also garbage", b"garbage"]
+    by_body = {x.body: x for x in dls}
+    assert by_body[b"garbage"].from_tier == first
+    assert by_body[b"garbage"].reason == "poison: task schema_version 99 unsupported"
+    assert by_body[b"garbage"].attributes["key"] == "s0/bad"
+    assert by_body[b"also garbage"].from_tier == second
+    assert by_body[b"also garbage"].reason == "poison: truncated arrow file"
 
     # never redelivered on any tier; the other message is untouched
     rest = pull_all(h, q, first)
     assert [x.body for x in rest] == [b"fine"]
-    assert rest[0].attempt == 1
+    assert attempt_is(h, rest[0], 1)
+    q.ack(rest[0])
     for tier in q.tiers:
         assert pull_one(h, q, tier) is None
-    assert len(q.dead_letters()) == 2  # listing does not remove
+    assert len(admin.dead_letters()) == 2  # listing does not remove
+
+
+def test_forward_to_a_tier_carries_reason_and_origin(queue_backend: QueueHarness):
+    h = queue_backend
+    q = h.open(max_delivery_attempts=max(h.attempts, 5))
+    first, third = q.tiers[0], q.tiers[2]
+    q.publish(first, b"big shard", {"key": "s0/7", "run": "r9"})
+    d = pull_one(h, q, first)
+    assert d is not None
+    new_id = q.forward(d, third, "attempt 1 on t2gi died (out of memory?)")
+    assert new_id
+    assert pull_one(h, q, first) is None  # acked where it was
+    up = pull_one(h, q, third)
+    assert up is not None and up.body == b"big shard" and up.tier == third
+    assert up.attributes["key"] == "s0/7" and up.attributes["run"] == "r9"
+    assert up.attributes[FORWARDED_FROM] == first
+    assert up.attributes[FORWARD_REASON] == "attempt 1 on t2gi died (out of memory?)"
+    assert attempt_is(h, up, 1)
+    q.ack(up)
+    assert h.admin(q).dead_letters() == []
+
+
+def test_replay_moves_a_dead_letter_back_to_a_tier(queue_backend: QueueHarness):
+    h = queue_backend
+    q = h.open(max_delivery_attempts=max(h.attempts, 5))
+    admin = h.admin(q)
+    first, second = q.tiers[0], q.tiers[1]
+    q.publish(first, b"fixed now", {"key": "s1/2"})
+    d = pull_one(h, q, first)
+    assert d is not None
+    q.forward(d, TERMINAL, "corrupt block")
+    (letter,) = admin.dead_letters()
+    admin.replay(letter, second)
+    back = pull_one(h, q, second)
+    assert back is not None and back.body == b"fixed now" and back.attributes["key"] == "s1/2"
+    assert FORWARD_REASON not in back.attributes  # a replay starts clean
+    q.ack(back)
+    assert admin.dead_letters() == []
 
 
 # -- leases and stale handles ---------------------------------------------------------------
@@ -318,17 +414,17 @@ def test_stale_ack_id_does_not_touch_the_new_lease(queue_backend: QueueHarness):
 
     q.ack(old)
     q.nack(old)
-    q.extend_lease(old, 10 * h.lease_s)
-    q.dead_letter(old, "stale worker thinks it is poison")
+    q.extend(old, min(10 * h.lease_s, MAX_LEASE_SECONDS))
+    q.forward(old, TERMINAL, "stale worker thinks it is poison")
     assert pull_one(h, q, tier) is None  # still leased by the new holder
-    assert q.dead_letters() == []
+    assert h.admin(q).dead_letters() == []
     if h.exact_depth:
-        assert q.depth(tier) == 1
+        assert h.admin(q).depth(tier) == 1
 
     q.ack(new)
     assert pull_one(h, q, tier) is None
     if h.exact_depth:
-        assert q.depth(tier) == 0
+        assert h.admin(q).depth(tier) == 0
 
 
 def test_stale_extend_does_not_prolong_the_new_lease(queue_backend: QueueHarness):
@@ -342,12 +438,11 @@ def test_stale_extend_does_not_prolong_the_new_lease(queue_backend: QueueHarness
     h.advance(h.lease_s + 1)
     new = pull_one(h, q, tier)
     assert new is not None
-    q.extend_lease(old, 100 * h.lease_s)
+    q.extend(old, min(100 * h.lease_s, MAX_LEASE_SECONDS))
     h.advance(h.lease_s + 1)  # the new lease ran out: the old handle must not have extended it
     third = pull_one(h, q, tier)
     assert third is not None and third.body == b"x"
-    if h.exact_attempts:
-        assert third.attempt == 3
+    assert attempt_is(h, third, 3)
     q.ack(new)  # superseded as well
     assert pull_one(h, q, tier) is None
     q.ack(third)
@@ -377,17 +472,16 @@ def test_extend_lease_keeps_message_invisible(queue_backend: QueueHarness):
     d = pull_one(h, q, tier, lease)
     assert d is not None
     h.advance(0.6 * lease)
-    q.extend_lease(d, lease)
+    q.extend(d, lease)
     h.advance(0.6 * lease)  # past the original lease, inside the extended one
     assert pull_one(h, q, tier) is None
-    q.extend_lease(d, lease)
+    q.extend(d, lease)
     h.advance(0.6 * lease)
     assert pull_one(h, q, tier) is None
     h.advance(0.6 * lease)  # heartbeats stopped: the extended lease runs out
     again = pull_one(h, q, tier)
     assert again is not None and again.body == b"long shard"
-    if h.exact_attempts:
-        assert again.attempt == 2  # extending is not a delivery attempt
+    assert attempt_is(h, again, 2)  # extending is not a delivery attempt
     q.ack(again)
 
 
@@ -397,25 +491,27 @@ def test_extend_lease_keeps_message_invisible(queue_backend: QueueHarness):
 def test_depth_counts_unacked_messages_per_tier(queue_backend: QueueHarness, queue: Queue):
     h = queue_backend
     require(h.exact_depth, "exact depth")
+    admin = h.admin(queue)
     first, second = queue.tiers[0], queue.tiers[1]
     for tier in queue.tiers:
-        assert queue.depth(tier) == 0
+        assert admin.depth(tier) == 0
     for i in range(3):
         queue.publish(first, b"%d" % i)
     queue.publish(second, b"big")
-    assert queue.depth(first) == 3
-    assert queue.depth(second) == 1
+    assert admin.depth(first) == 3
+    assert admin.depth(second) == 1
 
     d = pull_one(h, queue, first)
     assert d is not None
-    assert queue.depth(first) == 3  # leased still counts
+    assert admin.depth(first) == 3  # leased still counts
     queue.ack(d)
-    assert queue.depth(first) == 2
+    assert admin.depth(first) == 2
     d = pull_one(h, queue, first)
     assert d is not None
-    queue.dead_letter(d, "poison")
-    assert queue.depth(first) == 1
-    assert queue.depth(second) == 1
+    queue.forward(d, TERMINAL, "poison")
+    assert admin.depth(first) == 1
+    assert admin.depth(second) == 1
+    assert admin.depth(TERMINAL) == 1
 
 
 # -- many processes -------------------------------------------------------------------------
@@ -460,4 +556,4 @@ def test_processes_drain_queue_without_double_leases(queue_backend: QueueHarness
         assert {attempt for _, _, attempt in deliveries} == {1}
     assert pull_one(h, queue, tier) is None
     if h.exact_depth:
-        assert queue.depth(tier) == 0
+        assert h.admin(queue).depth(tier) == 0

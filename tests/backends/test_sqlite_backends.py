@@ -17,7 +17,15 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from dvid2ng.backends import QUEUE_FILE, STATE_FILE, open_embedded
-from dvid2ng.backends.base import Delivery, Queue, ShardRecord, ShardStatus, StateStore
+from dvid2ng.backends.base import (
+    TERMINAL,
+    Delivery,
+    Queue,
+    ShardRecord,
+    ShardStatus,
+    StateStore,
+    counts_by_status,
+)
 from dvid2ng.backends.sqlite_queue import ESCALATED_FROM, SqliteQueue
 from dvid2ng.backends.sqlite_state import SqliteStateStore
 from dvid2ng.schemas.tiers import DEAD_LETTER_QUEUE, TIERS, tier_names
@@ -73,7 +81,7 @@ def test_open_embedded_creates_files_and_resumes(tmp_path: Path):
     q.publish(tier, b"b")
     [d] = q.pull(tier)
     s.plan([ShardRecord("r", "s0/0", 0, 0)])
-    s.claim("r", "s0/0", "w", tier, 60)
+    assert s.claim("r", "s0/0", "w", tier, 60).ok
     q.close()
     s.close()
 
@@ -106,8 +114,8 @@ def test_argument_validation(tmp_path: Path):
         [d] = q.pull(tier)
         assert d.body == b"ok" and type(d.body) is bytes
         with pytest.raises(ValueError):
-            q.extend_lease(d, 0)
-        bogus = Delivery(d.message_id, tier, b"", 1, "no-separator")
+            q.extend(d, 0)
+        bogus = Delivery(d.message_id, tier, b"", "no-separator")
         with pytest.raises(ValueError):
             q.ack(bogus)
         with pytest.raises(ValueError):
@@ -152,7 +160,7 @@ def test_dead_letter_after_lease_ran_out_but_before_redelivery(tmp_path: Path):
     q.publish("a", b"x")
     [d] = q.pull("a", lease_seconds=10)
     clock.advance(11)
-    q.dead_letter(d, "poison")  # nobody else holds it: the verdict still counts
+    q.forward(d, TERMINAL, "poison")  # nobody else holds it: the verdict still counts
     assert [x.reason for x in q.dead_letters()] == ["poison"]
     assert q.pull("a") == []
     q.close()
@@ -179,7 +187,7 @@ def test_use_after_close_raises(tmp_path: Path):
     s = SqliteStateStore(tmp_path / "s.sqlite")
     s.close()
     with pytest.raises(sqlite3.ProgrammingError):
-        s.counts("r")
+        s.summary("r")
 
 
 def test_pickle_round_trip_opens_the_same_file(tmp_path: Path):
@@ -264,7 +272,7 @@ def test_lease_heartbeat_from_another_thread(tmp_path: Path):
     def heartbeat() -> None:
         try:
             while not stop.is_set():
-                q.extend_lease(held, 60)
+                q.extend(held, 60)
         except BaseException as e:  # pragma: no cover - reported below
             errors.append(e)
 
@@ -301,8 +309,8 @@ def test_state_uint64_shard_numbers_round_trip(tmp_path: Path):
 def test_state_error_with_non_json_values_is_still_recorded(tmp_path: Path):
     with SqliteStateStore(tmp_path / "s.sqlite") as s:
         s.plan([ShardRecord("r", "s0/0", 0, 0)])
-        s.claim("r", "s0/0", "w", "t2gi", 60)
-        s.fail("r", "s0/0", "w", {"cause": ValueError("bad block"), "file": Path("/x/y.arrow")})
+        token = s.claim("r", "s0/0", "w", "t2gi", 60).token
+        s.fail("r", "s0/0", token, {"cause": ValueError("bad block"), "file": Path("/x/y.arrow")})
         assert s.get("r", "s0/0").error == {"cause": "bad block", "file": "/x/y.arrow"}
 
 
@@ -317,7 +325,7 @@ def test_state_plan_accepts_a_generator_and_large_plans(tmp_path: Path):
     with SqliteStateStore(tmp_path / "s.sqlite") as s:
         gen = (ShardRecord("r", f"s0/{i:05x}", 0, i, chunks_expected=i) for i in range(20_000))
         assert s.plan(gen) == 20_000
-        assert s.counts("r")[ShardStatus.QUEUED] == 20_000
+        assert counts_by_status(s.summary("r"))[ShardStatus.QUEUED] == 20_000
         assert s.get("r", "s0/04e1f").chunks_expected == 0x4E1F
 
 
@@ -330,7 +338,7 @@ ACKED = -1  # model location of an acked message
 
 
 class QueueMachine(RuleBasedStateMachine):
-    """Random publish / pull / ack / nack / extend / dead_letter / time steps on one queue.
+    """Random publish / pull / ack / nack(delay) / extend / forward / time steps on one queue.
 
     A small model tracks where every message must be (tier, dead letters, acked), its attempt
     count and its live lease. Checks: a pull returns exactly min(n, deliverable) messages and only
@@ -351,7 +359,9 @@ class QueueMachine(RuleBasedStateMachine):
         self.loc: dict[str, int] = {}  # message id -> tier index | DLQ | ACKED
         self.origin: dict[str, int] = {}  # message id -> index of the tier it was published to
         self.attempt: dict[str, int] = {}  # message id -> deliveries on its current tier
-        self.lease: dict[str, tuple[str, float]] = {}  # message id -> (ack_id, expiry)
+        # message id -> (ack_id of the lease, or None after a delayed nack; invisible until)
+        self.lease: dict[str, tuple[str | None, float]] = {}
+        self.came_from: dict[str, str | None] = {}  # message id -> expected forwarded_from
         self.explicit_dead: set[str] = set()
         self.deliveries: list[Delivery] = []
 
@@ -364,7 +374,10 @@ class QueueMachine(RuleBasedStateMachine):
         return held is not None and held[0] == d.ack_id and self.clock.now < held[1]
 
     def _forward(self, mid: str) -> None:
+        """The backstop: up one tier (same id) or, from the last, to the dead letters."""
         self.lease.pop(mid, None)
+        if self.loc[mid] < DLQ:
+            self.came_from[mid] = MODEL_TIERS[self.loc[mid]]
         self.loc[mid] += 1  # the last tier's "next" is DLQ
         self.attempt[mid] = 0
 
@@ -381,6 +394,7 @@ class QueueMachine(RuleBasedStateMachine):
         assert mid not in self.loc
         self.loc[mid] = self.origin[mid] = MODEL_TIERS.index(tier)
         self.attempt[mid] = 0
+        self.came_from[mid] = None
 
     @rule(
         tier=st.sampled_from(MODEL_TIERS),
@@ -398,10 +412,7 @@ class QueueMachine(RuleBasedStateMachine):
             assert mid in deliverable, "delivered a message that is leased, gone or elsewhere"
             assert d.tier == tier
             assert d.attempt == self.attempt[mid] + 1 <= MODEL_MAX[tier]
-            if idx > self.origin[mid]:
-                assert d.attributes[ESCALATED_FROM] == MODEL_TIERS[idx - 1]
-            else:
-                assert ESCALATED_FROM not in d.attributes
+            assert d.attributes.get(ESCALATED_FROM) == self.came_from[mid]
             self.attempt[mid] = d.attempt
             self.lease[mid] = (d.ack_id, self.clock.now + lease)
             self.deliveries.append(d)
@@ -416,15 +427,17 @@ class QueueMachine(RuleBasedStateMachine):
         self.q.ack(d)
 
     @precondition(lambda self: self.deliveries)
-    @rule(data=st.data())
-    def nack(self, data: st.DataObject) -> None:
+    @rule(data=st.data(), delay=st.sampled_from([0.0, 0.0, 7.0, 30.0]))
+    def nack(self, data: st.DataObject, delay: float) -> None:
         d = data.draw(st.sampled_from(self.deliveries))
         if self._live(d):
             mid = d.message_id
             del self.lease[mid]
             if self.attempt[mid] >= MODEL_MAX[d.tier]:
                 self._forward(mid)
-        self.q.nack(d)
+            elif delay:
+                self.lease[mid] = (None, self.clock.now + delay)
+        self.q.nack(d, delay)
 
     @precondition(lambda self: self.deliveries)
     @rule(data=st.data(), seconds=st.sampled_from([5.0, 30.0]))
@@ -432,18 +445,28 @@ class QueueMachine(RuleBasedStateMachine):
         d = data.draw(st.sampled_from(self.deliveries))
         if self._live(d):
             self.lease[d.message_id] = (d.ack_id, self.clock.now + seconds)
-        self.q.extend_lease(d, seconds)
+        self.q.extend(d, seconds)
 
     @precondition(lambda self: self.deliveries)
-    @rule(data=st.data())
-    def dead_letter(self, data: st.DataObject) -> None:
+    @rule(data=st.data(), to=st.sampled_from([*MODEL_TIERS, TERMINAL]))
+    def forward(self, data: st.DataObject, to: str) -> None:
         d = data.draw(st.sampled_from(self.deliveries))
         held = self.lease.get(d.message_id)
-        if held is not None and held[0] == d.ack_id:  # nobody re-leased it (expired is fine)
-            self.loc[d.message_id] = DLQ
-            self.explicit_dead.add(d.message_id)
-            del self.lease[d.message_id]
-        self.q.dead_letter(d, "poison")
+        ours = held is not None and held[0] == d.ack_id  # nobody re-leased it (expired is fine)
+        new_id = self.q.forward(d, to, "poison" if to == TERMINAL else "moved")
+        if not ours:
+            assert new_id == ""
+            return
+        mid = d.message_id
+        del self.lease[mid]
+        if to == TERMINAL:
+            self.loc[mid] = DLQ
+            self.explicit_dead.add(mid)
+            return
+        self.loc[mid] = ACKED  # the copy on `to` is a new message
+        self.loc[new_id] = self.origin[new_id] = MODEL_TIERS.index(to)
+        self.attempt[new_id] = 0
+        self.came_from[new_id] = d.tier
 
     @rule(seconds=st.integers(1, 25))
     def advance(self, seconds: int) -> None:
@@ -456,13 +479,15 @@ class QueueMachine(RuleBasedStateMachine):
             where = self.loc[mid]
             if expiry <= self.clock.now and self.attempt[mid] >= MODEL_MAX[MODEL_TIERS[where]]:
                 self._forward(mid)
+            elif expiry <= self.clock.now and self.lease[mid][0] is None:
+                del self.lease[mid]  # a delayed nack's wait is over
         for idx, tier in enumerate(MODEL_TIERS):
             assert self.q.depth(tier) == sum(1 for w in self.loc.values() if w == idx), tier
         dead = self.q.dead_letters()
         assert sorted(x.message_id for x in dead) == sorted(
             mid for mid, w in self.loc.items() if w == DLQ
         )
-        assert self.q.depth(DEAD_LETTER_QUEUE) == len(dead)
+        assert self.q.depth(TERMINAL) == len(dead)
         for x in dead:
             if x.message_id in self.explicit_dead:
                 assert x.reason == "poison"

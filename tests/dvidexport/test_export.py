@@ -229,3 +229,19 @@ def test_synthetic_agglomeration():
     assert set(bodies.tolist()) <= set(ids.tolist())  # bodies named after a member
     assert f(np.array([0, 7], np.uint64)).tolist() == [0, 7]  # 0 and unknown ids: identity
     assert np.array_equal(f(ids), synthetic_agglomeration(ids, seed=2)(ids))
+
+
+@pytest.mark.parametrize("fault", ["csv without arrow", "arrow is a directory", "dangling link"])
+def test_list_export_refuses_inputs_that_would_vanish(tmp_path, fault):
+    (tmp_path / "s0").mkdir()
+    (tmp_path / "s0" / "0_0_0.arrow").write_bytes(b"x")
+    bad = tmp_path / "s0" / "2048_0_0"
+    if fault == "csv without arrow":
+        bad.with_suffix(".csv").write_text("x,y,z,rec\n")
+    elif fault == "arrow is a directory":
+        bad.with_suffix(".arrow").mkdir()
+    else:
+        bad.with_suffix(".arrow").symlink_to(tmp_path / "gone.arrow")
+    with pytest.raises(ExportFormatError) as e:
+        list_export(tmp_path)
+    assert str(bad.parent.absolute()) in str(e.value) and "2048_0_0" in str(e.value)
