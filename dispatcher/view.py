@@ -102,7 +102,7 @@ class ByteRange:
     last: int | None
 
 
-_RANGE = re.compile(r"bytes=(\d*)-(\d*)")
+_RANGE = re.compile(r"bytes=([0-9]*)-([0-9]*)")  # ASCII digits only (\d takes any script's)
 
 
 def parse_range(header: str | None) -> ByteRange | None:
@@ -229,6 +229,9 @@ def _read_fd(fd: int, start: int, end: int) -> Iterator[bytes]:
         os.close(fd)
 
 
+_HUGE = 2**62
+
+
 def _out_of_range(e: Exception) -> bool:
     return "OUT_OF_RANGE" in str(e)
 
@@ -261,8 +264,10 @@ class KvStoreFiles:
                 return Answer(NOT_FOUND)
             data = bytes(got.value)
             return Answer(200, len(data), None, iter((data,)))
+        if rng.first >= _HUGE:  # beyond any value, and beyond TensorStore's int64 offsets
+            return Answer(416) if self._read(key, slice(0, 0)).state == "value" else Answer(404)
         try:
-            end = None if rng.last is None else rng.last + 1
+            end = None if rng.last is None or rng.last >= _HUGE else rng.last + 1
             got = self._read(key, slice(rng.first, end))
         except ValueError as e:
             if not _out_of_range(e):
@@ -289,9 +294,8 @@ class KvStoreFiles:
 
 
 def open_files(dest: str) -> Files:
-    from dvid2ng.worker.output import OutputError, is_local, kvstore_spec
-
-    if is_local(dest):
+    # Same rule as dvid2ng.worker.output.is_local, without importing TensorStore for a folder.
+    if "://" not in dest or dest.startswith("file://"):
         path = Path(dest.removeprefix("file://"))
         if not path.is_dir():
             raise ViewError(
@@ -300,6 +304,8 @@ def open_files(dest: str) -> Files:
         return LocalFiles(path)
     if dest.startswith("memory://"):
         raise ViewError("a memory:// volume lives inside one process; there is nothing to serve")
+    from dvid2ng.worker.output import OutputError, kvstore_spec
+
     try:
         kvstore_spec(dest)
         return KvStoreFiles(dest)

@@ -418,11 +418,9 @@ def test_port_0_prints_the_port_it_got_and_binds_loopback(tmp_path):
         conn.close()
         import psutil
 
-        listening = [
-            c.laddr
-            for c in psutil.Process(v.proc.pid).net_connections(kind="inet")
-            if c.status == psutil.CONN_LISTEN
-        ]
+        proc = psutil.Process(v.proc.pid)
+        connections = getattr(proc, "net_connections", None) or proc.connections  # psutil < 6
+        listening = [c.laddr for c in connections(kind="inet") if c.status == psutil.CONN_LISTEN]
         assert listening == [("127.0.0.1", port)]
 
 

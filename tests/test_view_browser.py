@@ -94,6 +94,30 @@ def volume(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def gcs_volume(tmp_path_factory, volume):
+    """The same volume converted into the GCS emulator, for `dvid2ng view gs://...`."""
+    from tests.gcs_emulator import GcsEmulator
+
+    root = tmp_path_factory.mktemp("view-gcs")
+    emu = GcsEmulator(root)
+    saved = dict(os.environ)
+    try:
+        emu.create_bucket("bucket")
+        os.environ.update(emu.env())  # the conversion's workers inherit it
+        export = make_export(root, seed=11, spec_json=SPEC)
+        dest = "gs://bucket/vol"
+        args = ["run", str(export.source), dest, "--spec", str(export.spec_path)]
+        assert main([*args, "--workers", "2", "--no-progress"]) == 0
+        os.environ.clear()
+        os.environ.update(saved)
+        yield dest, emu.env()
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+        emu.stop()
+
+
+@pytest.fixture(scope="module")
 def blank_volume(tmp_path_factory):
     from dvid2ng.dvidexport.writer import write_export
 
@@ -157,12 +181,12 @@ def _unexpected_console_errors(page: browser.Page, data_url: str) -> list:
     ]
 
 
-def _draw(tmp_path, dest, segments, scale, png_name):
+def _draw(tmp_path, dest, segments, scale, png_name, env=None):
     """Serve `dest`, open the printed URL, then draw the two segments at one screen pixel per
     voxel of `scale`; returns (image, panel box, position, printed state, request log, page,
     data URL)."""
     args = ["--segments", ",".join(map(str, segments)), "--scale", str(scale)]
-    with browser.view_server(dest, *args, log_path=tmp_path / "view.log") as server:
+    with browser.view_server(dest, *args, log_path=tmp_path / "view.log", env=env) as server:
         printed = state_from_url(server.url)
         base = server.url.split("#")[0]
         z = SPEC["scales"][scale]["size"][2] // 2
@@ -181,15 +205,18 @@ def _draw(tmp_path, dest, segments, scale, png_name):
         return image, box, state["position"], printed, server.requests(), page, data_url
 
 
-@pytest.mark.parametrize("scale", [0, 1])
-def test_cross_section_matches_the_volume(chromium, volume, tmp_path, scale):
+@pytest.mark.parametrize(("where", "scale"), [("local", 0), ("local", 1), ("gs", 0)])
+def test_cross_section_matches_the_volume(chromium, volume, request, tmp_path, where, scale):
     dest, bodies = volume
+    env = None
+    if where == "gs":  # served through TensorStore's gcs kvstore: Content-Range totals are `*`
+        dest, env = request.getfixturevalue("gcs_volume")
     zoom = 2**scale
     z = SPEC["scales"][scale]["size"][2] // 2
     section = bodies[scale][z]  # (y, x) of the drawn scale
     segments = _two_segments(bodies[0][z * zoom])
     image, box, position, printed, requests, page, data_url = _draw(
-        tmp_path, dest, segments, scale, f"cross-section-s{scale}.png"
+        tmp_path, dest, segments, scale, f"cross-section-{where}-s{scale}.png", env
     )
 
     # the printed state: a segmentation layer from this server, centred, segments selected
@@ -208,7 +235,7 @@ def test_cross_section_matches_the_volume(chromium, volume, tmp_path, scale):
         truth = want == segment
         assert truth.sum() > 200, "the segment must be well visible in the section"
         overlap = browser.iou(drawn, truth)
-        print(f"scale {scale} segment {segment}: IoU {overlap:.4f} ({truth.sum()} voxels)")
+        print(f"{where} scale {scale} segment {segment}: IoU {overlap:.4f} ({truth.sum()} px)")
         assert overlap >= MIN_IOU, (segment, overlap, drawn.sum(), truth.sum())
 
     # sharded data is read by byte ranges, of the drawn scale
