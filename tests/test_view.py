@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from dvid2ng.dispatcher.ngstate import state_from_url
-from tests.browser import view_server
+from tests.browser import stop_process_group, view_server
 
 INFO = {
     "@type": "neuroglancer_multiscale_volume",
@@ -540,3 +540,32 @@ def test_gs_dest_without_info_is_refused(gcs_volume, tmp_path):
     out = _view("gs://bucket/nothing-here", env=env)
     assert out.returncode == 2
     assert "gs://bucket/nothing-here/info does not exist" in out.stderr
+
+
+def test_demo_view_converts_then_serves(tmp_path):
+    """`dvid2ng demo --view`: the demo, then the viewer on its volume, in one command."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dvid2ng.dispatcher.cli", "demo", str(tmp_path / "d"), "--view"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        url = proc.stdout.readline().strip()  # the demo writes nothing else to stdout
+        parsed = urllib.parse.urlsplit(url)
+        token = parsed.path.split("/")[2]
+        conn = http.client.HTTPConnection(parsed.hostname, parsed.port, timeout=10)
+        conn.request("GET", f"/data/{token}/info")
+        resp = conn.getresponse()
+        assert resp.status == 200 and json.loads(resp.read())["scales"][0]["key"] == "8x8x8"
+        conn.close()
+        assert "segments" not in state_from_url(url)["layers"][0]  # every body drawn
+        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C, as a terminal sends it to the group
+        rc = proc.wait(30)
+    finally:
+        stop_process_group(proc)
+    err = proc.stderr.read()
+    assert rc == 0, err
+    assert err.rstrip().endswith("dvid2ng view: stopped") and "Traceback" not in err
+    assert "match the source labels" in err and "dvid2ng view: serving" in err
