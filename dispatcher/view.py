@@ -491,7 +491,14 @@ class ViewHandler(BaseHTTPRequestHandler):
             self._simple(NOT_FOUND, "not found\n", send_body)
             return
         kind, rest = parts[1], parts[3:]
-        if kind == "v" and rest:
+        if kind == "v" and not rest:  # the client's files are relative to /v/TOKEN/
+            self.send_response(301)
+            self._cors()
+            self.send_header("Location", f"/v/{self.server.token}/")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            self._log(301)
+        elif kind == "v":
             self._client_file(rest, send_body)
         elif kind == "events" and not rest:
             self._event_stream(send_body)

@@ -280,6 +280,8 @@ def test_the_client_is_served_under_its_token(served):
         assert status == 200 and headers["content-type"].startswith("text/javascript")
         assert len(js) == int(headers["content-length"]) > 0
     assert _request(served, "GET", f"/v/{token}/no-such.js")[0] == 404
+    status, headers, _ = _request(served, "GET", f"/v/{token}")  # the slash forgotten
+    assert (status, headers["location"]) == (301, f"/v/{token}/")
     assert _request(served, "GET", "/favicon.ico")[0] == 204  # keeps the console clean
 
 

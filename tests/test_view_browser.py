@@ -18,7 +18,9 @@ import numpy as np
 import pytest
 
 from dvid2ng.dispatcher.cli import main
+from dvid2ng.dispatcher.embedded import run_embedded
 from dvid2ng.dispatcher.ngstate import state_from_url, state_url
+from dvid2ng.dispatcher.plan import plan_transcode
 from tests import browser
 from tests.exports import make_export
 
@@ -106,8 +108,9 @@ def gcs_volume(tmp_path_factory, volume):
         os.environ.update(emu.env())  # the conversion's workers inherit it
         export = make_export(root, seed=11, spec_json=SPEC)
         dest = "gs://bucket/vol"
-        args = ["run", str(export.source), dest, "--spec", str(export.spec_path)]
-        assert main([*args, "--workers", "2", "--no-progress"]) == 0
+        plan = plan_transcode(export.source, dest, export.spec)
+        # run state beside the test, not in ~/.cache/dvid2ng (the default for a gs:// DEST)
+        assert run_embedded(plan, workers=2, state_dir=root / "state").exit_code == 0
         os.environ.clear()
         os.environ.update(saved)
         yield dest, emu.env()
