@@ -177,11 +177,18 @@ def _pixel_exact_state(printed: dict, box, segments, zoom: float, section_z: int
     return state
 
 
-def _unexpected_console_errors(page: browser.Page, data_url: str) -> list:
+def _check_console(page: browser.Page, data_url: str) -> None:
+    """The console was heard (the client logs its event stream connecting), the stream never
+    dropped, and no error appeared beyond the allow-list."""
+    texts = [c.text for c in page.console]
+    assert "python state event source connected" in texts, texts
+    assert "python state event source disconnected" not in texts
     allowed = browser.CONSOLE_ALLOW["missing data"]
-    return [
+    unexpected = [
         e for e in page.errors() if not (allowed in e.text and e.url.startswith(data_url + "/"))
     ]
+    assert not unexpected
+    print(f"console: {len(page.errors())} allow-listed errors, {len(page.console)} messages")
 
 
 def _draw(tmp_path, dest, segments, scale, png_name, env=None):
@@ -247,7 +254,7 @@ def test_cross_section_matches_the_volume(chromium, volume, request, tmp_path, w
     assert shard_reads, "no shard was read"
     assert all(r["status"] == 206 and r["range"].startswith("bytes=") for r in shard_reads)
     assert any(f"/{key}/" in r["path"] for r in shard_reads)
-    assert not _unexpected_console_errors(page, data_url)
+    _check_console(page, data_url)
 
 
 def test_blank_volume_draws_no_segment_colour(chromium, volume, blank_volume, tmp_path):
@@ -263,7 +270,7 @@ def test_blank_volume_draws_no_segment_colour(chromium, volume, blank_volume, tm
     # it did look: the info was read, the missing shards answered 404 (read as empty)
     assert any(r["path"].endswith("/info") and r["status"] == 200 for r in requests)
     assert any(r["path"].endswith(".shard") and r["status"] == 404 for r in requests)
-    assert not _unexpected_console_errors(page, data_url)
+    _check_console(page, data_url)
 
 
 def test_demo_ends_with_a_view_that_shows_it(chromium, tmp_path, capsys):
@@ -284,7 +291,7 @@ def test_demo_ends_with_a_view_that_shows_it(chromium, tmp_path, capsys):
             image = browser.screenshot(page, tmp_path / "view-demo.png")
             xy_panel = browser.panel_boxes(page)[0]
         data_url = printed["layers"][0]["source"].removeprefix("precomputed://")
-        assert not _unexpected_console_errors(page, data_url)
+        _check_console(page, data_url)
     if os.environ.get("DVID2NG_ARTIFACTS"):
         out = Path(os.environ["DVID2NG_ARTIFACTS"])
         out.mkdir(parents=True, exist_ok=True)
