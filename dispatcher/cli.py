@@ -128,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     demo = sub.add_parser(
-        "demo", help="build a small synthetic DVID export, convert it, say how to view it"
+        "demo", help="build a small synthetic DVID export, convert it, print how to view it"
     )
     demo.add_argument(
         "dir",
@@ -139,6 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="working folder (default ./dvid2ng-demo)",
     )
     demo.add_argument("--workers", type=_positive, default=2, metavar="N")
+    demo.add_argument("--view", action="store_true", help="then serve it (dvid2ng view)")
+    demo.add_argument("--open", action="store_true", help="--view and open a web browser")
 
     st = sub.add_parser(
         "status",
@@ -151,6 +153,10 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--run", metavar="ID", help="run id (default: the destination's run)")
     st.add_argument("--watch", action="store_true", help="refresh every 5 s until finished")
     st.add_argument("--json", action="store_true", help="machine-readable output")
+
+    from dvid2ng.dispatcher import view
+
+    view.add_parser(sub)
     return p
 
 
@@ -164,9 +170,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "demo":
         from dvid2ng.dispatcher.demo import run_demo
 
-        return run_demo(args.dir, workers=args.workers)
+        return run_demo(
+            args.dir, workers=args.workers, view=args.view or args.open, open_browser=args.open
+        )
     if args.command == "status":
         return cmd_status(args)
+    if args.command == "view":
+        from dvid2ng.dispatcher import view
+
+        return view.run(args)
     return EXIT_USAGE
 
 

@@ -1,5 +1,6 @@
 """`dvid2ng demo`: make a small DVID export with our own encoder and export writer, convert it
-with the embedded fleet, read it back through TensorStore, and say how to look at it."""
+with the embedded fleet, read it back through TensorStore, and print the `dvid2ng view`
+command that shows it (or, with --view, serve it right away)."""
 
 from __future__ import annotations
 
@@ -85,7 +86,23 @@ def prepare_dir(root: Path) -> None:
     (root / DEMO_MARKER).write_text("made by dvid2ng demo; safe to delete\n")
 
 
-def run_demo(root: Path, workers: int = 2) -> int:
+def demo_segments(s0_bodies: np.ndarray, n: int = 2) -> list[int]:
+    """The `n` largest bodies of the middle xy section: what the demo's view selects."""
+    section = s0_bodies[s0_bodies.shape[0] // 2]
+    ids, counts = np.unique(section[section != 0], return_counts=True)
+    return [int(i) for i in ids[np.argsort(counts, kind="stable")[::-1][:n]]]
+
+
+def view_command(volume: Path) -> str:
+    """The `dvid2ng view` line to print, with the program as it was started if that was the
+    console script (e.g. .venv/bin/dvid2ng, which may not be on PATH)."""
+    import shlex
+
+    prog = sys.argv[0] if Path(sys.argv[0]).name == "dvid2ng" else "dvid2ng"
+    return f"{shlex.quote(prog)} view {shlex.quote(str(volume))}"
+
+
+def run_demo(root: Path, workers: int = 2, view: bool = False, open_browser: bool = False) -> int:
     from dvid2ng.dispatcher.cli import print_summary
     from dvid2ng.dispatcher.embedded import run_embedded
     from dvid2ng.dispatcher.plan import plan_transcode
@@ -119,13 +136,18 @@ def run_demo(root: Path, workers: int = 2) -> int:
         return 1
     n = sum(v.size for v in bodies.values())
     print(f"  all {n:,} voxels of {len(bodies)} scales match the source labels\n", file=sys.stderr)
+    volume = root / "volume"
+    if view:
+        from dvid2ng.dispatcher.view import serve_volume
+
+        return serve_volume(str(volume), open_browser=open_browser)
+    ids = ",".join(map(str, demo_segments(bodies[0])))
     print(
-        f"View it: serve the volume over HTTP with CORS, e.g.\n"
-        f"  npx http-server {root / 'volume'} --cors -p 9000\n"
-        f"then open Neuroglancer and add the layer source\n"
-        f"  precomputed://http://localhost:9000\n"
-        f"(or read it in Python: tensorstore driver 'neuroglancer_precomputed', or cloudvolume "
-        f"CloudVolume('file://{root / 'volume'}'))",
+        "See it in a browser (one local server for the volume and Neuroglancer; Ctrl-C stops it):\n"
+        f"  {view_command(volume)}\n"
+        f"(add --segments {ids} to show only the two largest bodies of the middle section;\n"
+        f" `dvid2ng demo --view` converts and serves in one go; in Python read the volume with\n"
+        f" tensorstore's 'neuroglancer_precomputed' driver or CloudVolume('file://{volume}'))",
         file=sys.stderr,
     )
     return 0
