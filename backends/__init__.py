@@ -39,3 +39,49 @@ def open_embedded(
         queue.close()
         raise
     return queue, state
+
+
+QUEUE_URL_FORMS = "pubsub://PROJECT/PREFIX or sqlite:///ABSOLUTE/FOLDER"
+STATE_URL_FORMS = "firestore://PROJECT[/DATABASE] or sqlite:///ABSOLUTE/FOLDER"
+
+
+def _sqlite_folder(url: str, forms: str) -> Path:
+    path = Path(url[len("sqlite://") :])
+    if not path.is_absolute():
+        raise ValueError(f"{url!r}: a sqlite:// URL needs an absolute folder ({forms})")
+    return path
+
+
+def open_queue(url: str):
+    """The queue behind a URL: Pub/Sub topics `{PREFIX}-{tier}` in PROJECT, or the SQLite queue
+    file in a folder (for trying the fleet commands on one machine)."""
+    if url.startswith("pubsub://"):
+        from dvid2ng.backends.pubsub_queue import PubSubQueue
+
+        project, _, prefix = url[len("pubsub://") :].partition("/")
+        if not project or not prefix or "/" in prefix:
+            raise ValueError(f"{url!r} is not a queue URL: use {QUEUE_URL_FORMS}")
+        return PubSubQueue(project, prefix)
+    if url.startswith("sqlite://"):
+        from dvid2ng.backends.sqlite_queue import SqliteQueue
+
+        return SqliteQueue(_sqlite_folder(url, QUEUE_URL_FORMS) / QUEUE_FILE)
+    raise ValueError(f"{url!r} is not a queue URL: use {QUEUE_URL_FORMS}")
+
+
+def open_state(url: str):
+    """The state store behind a URL: Firestore (a database of PROJECT), or SQLite in a folder."""
+    if url.startswith("firestore://"):
+        from dvid2ng.backends.firestore_state import FirestoreStateStore
+
+        project, _, database = url[len("firestore://") :].partition("/")
+        if not project or "/" in database:
+            raise ValueError(f"{url!r} is not a state URL: use {STATE_URL_FORMS}")
+        return FirestoreStateStore(project, database or "(default)")
+    if url.startswith("sqlite://"):
+        from dvid2ng.backends.sqlite_state import SqliteStateStore
+
+        folder = _sqlite_folder(url, STATE_URL_FORMS)
+        folder.mkdir(parents=True, exist_ok=True)
+        return SqliteStateStore(folder / STATE_FILE)
+    raise ValueError(f"{url!r} is not a state URL: use {STATE_URL_FORMS}")

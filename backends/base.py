@@ -132,8 +132,9 @@ class QueueAdmin(Protocol):
     def dead_letters(self, max_messages: int = 1000) -> list[DeadLetter]:
         """Messages in TERMINAL, oldest first where the backend can; not removed."""
 
-    def replay(self, letter: DeadLetter, to_tier: str) -> str:
-        """Publish a dead letter on `to_tier` again and remove it from TERMINAL."""
+    def replay(self, letter: DeadLetter, to_tier: str, body: bytes | None = None) -> str:
+        """Publish a dead letter on `to_tier` again (with `body` instead of its own, e.g. a task
+        whose source was re-exported since) and remove it from TERMINAL."""
 
 
 class ShardStatus(enum.StrEnum):
@@ -223,6 +224,9 @@ class StateStore(Protocol):
         """Insert planned shards. Existing records are kept as they are (resume). Returns new count."""
 
     def get(self, run_id: str, key: str) -> ShardRecord | None: ...
+
+    def get_many(self, run_id: str, keys: Iterable[str]) -> dict[str, ShardRecord]:
+        """The records of `keys` that exist, in batched reads (a publish looks at every shard)."""
 
     def claim(self, run_id: str, key: str, worker: str, tier: str, stale_after_s: float) -> Claim:
         """Atomically make the shard running for `worker` with a new token (attempts + 1).

@@ -553,7 +553,7 @@ class SqliteQueue:
             for seq, message_id, body, from_tier, reason, attributes in rows
         ]
 
-    def replay(self, letter: DeadLetter, to_tier: str) -> str:
+    def replay(self, letter: DeadLetter, to_tier: str, body: bytes | None = None) -> str:
         self._check_tier(to_tier)
         attrs = {
             k: v for k, v in letter.attributes.items() if k not in (FORWARDED_FROM, FORWARD_REASON)
@@ -562,7 +562,8 @@ class SqliteQueue:
             cur = conn.execute("DELETE FROM dead_letters WHERE seq = ?", (int(letter.handle),))
             if cur.rowcount != 1:
                 raise KeyError(f"dead letter {letter.message_id} is no longer in {self.path}")
-            return self._insert(conn, to_tier, letter.body, json.dumps(attrs), self._clock())
+            new_body = letter.body if body is None else _check_body(body)
+            return self._insert(conn, to_tier, new_body, json.dumps(attrs), self._clock())
 
     def depth(self, tier: str) -> int:
         """Messages on `tier` not yet acked; `depth(TERMINAL)` counts dead letters."""

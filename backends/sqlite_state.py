@@ -345,6 +345,20 @@ class SqliteStateStore:
         with self._db.read() as conn:
             return self._get(conn, run_id, key)
 
+    def get_many(self, run_id: str, keys: Iterable[str]) -> dict[str, ShardRecord]:
+        wanted = list(keys)
+        out: dict[str, ShardRecord] = {}
+        with self._db.read() as conn:
+            for i in range(0, len(wanted), 500):  # SQLite's bound-parameter limit
+                part = wanted[i : i + 500]
+                rows = conn.execute(
+                    f"SELECT {_COLUMNS} FROM shards WHERE run_id = ? AND key IN"
+                    f" ({', '.join('?' * len(part))})",
+                    (run_id, *part),
+                ).fetchall()
+                out.update((r.key, r) for r in map(_record, rows))
+        return out
+
     def list(
         self,
         run_id: str,

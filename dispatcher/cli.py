@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
 
@@ -149,18 +150,47 @@ def build_parser() -> argparse.ArgumentParser:
         "throughput and ETA, shards in flight, failures. Exit code 0 when every shard is done "
         "or empty, 1 while any is failed or unfinished, 2 when there is no such state.",
     )
-    st.add_argument("dest", metavar="DEST", help="the volume folder given to `dvid2ng run`")
-    st.add_argument("--run", metavar="ID", help="run id (default: the destination's run)")
+    st.add_argument(
+        "dest",
+        metavar="DEST",
+        nargs="?",
+        help="the volume given to `dvid2ng run` (its state is in DEST/.dvid2ng) or to "
+        "`dvid2ng publish` (with --state)",
+    )
+    st.add_argument(
+        "--state",
+        metavar="URL",
+        default=None,
+        help="a fleet's state store: firestore://PROJECT[/DATABASE] or sqlite:///FOLDER "
+        "(default: $DVID2NG_STATE when DEST has no local state)",
+    )
+    st.add_argument("--run", metavar="ID", help="run id (default: DEST's run, else the newest run)")
     st.add_argument("--watch", action="store_true", help="refresh every 5 s until finished")
     st.add_argument("--json", action="store_true", help="machine-readable output")
 
-    from dvid2ng.dispatcher import view
+    from dvid2ng.dispatcher import fleet, view
 
+    fleet.add_parsers(sub)
     view.add_parser(sub)
     return p
 
 
+class RawHelp(argparse.RawDescriptionHelpFormatter):
+    """Help text keeps its line breaks (examples) and still wraps descriptions sensibly."""
+
+
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except BrokenPipeError:  # `dvid2ng status --json | head`: the reader left; not an error
+        import os
+
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
+
+
+def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     from dvid2ng.dispatcher.logs import configure_logging
 
@@ -179,6 +209,10 @@ def main(argv: list[str] | None = None) -> int:
         from dvid2ng.dispatcher import view
 
         return view.run(args)
+    if args.command in ("queues", "publish", "worker", "errors", "dlq"):
+        from dvid2ng.dispatcher.fleet import run_command
+
+        return run_command(args)
     return EXIT_USAGE
 
 
@@ -264,36 +298,36 @@ def print_summary(s, workers: int) -> None:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from dvid2ng.dispatcher.embedded import (
-        EMBEDDED_TIMING,
-        default_state_dir,
-        open_state,
-        read_run_id,
-    )
+    from dvid2ng.dispatcher.embedded import EMBEDDED_TIMING, default_state_dir, read_run_id
+    from dvid2ng.dispatcher.embedded import open_state as open_embedded_state
+    from dvid2ng.dispatcher.fleet import UsageError, _env, _state, pick_run
     from dvid2ng.dispatcher.plan import PlanError
     from dvid2ng.dispatcher.status import show
+    from dvid2ng.worker.loop import CLOUD_TIMING
 
     try:
-        state_dir = default_state_dir(args.dest)
-        if not (state_dir / "run.json").exists():
-            raise PlanError(
-                f"no conversion state in {state_dir} (was DEST converted with dvid2ng run?)"
-            )
-        run_id = args.run or read_run_id(state_dir)
-        state = open_state(state_dir)
-    except PlanError as e:
-        print(f"dvid2ng: error: {e}", file=sys.stderr)
+        local = None
+        if args.dest and not args.state:
+            local = default_state_dir(args.dest)
+            if not (local / "run.json").exists():
+                if not _env("state"):
+                    raise PlanError(
+                        f"no conversion state in {local} (was DEST converted with dvid2ng run? "
+                        "for a fleet run give --state URL)"
+                    )
+                local = None
+        if local is not None:
+            state, stale = open_embedded_state(local), EMBEDDED_TIMING.stale_after_s
+            run_id = args.run or read_run_id(local)
+            if state.get_run(run_id) is None:
+                raise PlanError(f"no run {run_id} in {local}")
+        else:
+            state, stale = _state(args), CLOUD_TIMING.stale_after_s
+            run_id = pick_run(state, args.run, args.dest)
+    except (PlanError, UsageError) as e:
+        print(f"dvid2ng status: error: {e}", file=sys.stderr)
         return EXIT_USAGE
-    if state.get_run(run_id) is None:
-        print(f"dvid2ng: error: no run {run_id} in {state_dir}", file=sys.stderr)
-        return EXIT_USAGE
-    return show(
-        state,
-        run_id,
-        as_json=args.json,
-        watch=args.watch,
-        stale_after_s=EMBEDDED_TIMING.stale_after_s,
-    )
+    return show(state, run_id, as_json=args.json, watch=args.watch, stale_after_s=stale)
 
 
 if __name__ == "__main__":

@@ -41,11 +41,11 @@ from dvid2ng.backends.base import (
 )
 from dvid2ng.backends.sqlite_queue import SqliteQueue, StateFileVersionError
 from dvid2ng.backends.sqlite_state import SqliteStateStore
-from dvid2ng.dispatcher.plan import Plan, PlanError
+from dvid2ng.dispatcher.plan import Plan, PlanError, source_name
+from dvid2ng.dispatcher.resume import plan_publish, release_orphans
 from dvid2ng.schemas.tiers import tier_names
 from dvid2ng.worker.loop import KIND_DIED, WorkerTiming
-from dvid2ng.worker.output import OutputError, ScaleStore, io_context, is_local, write_info
-from dvid2ng.worker.sources import task_fingerprint
+from dvid2ng.worker.output import OutputError, is_local, write_info
 
 EMBEDDED_ATTEMPTS_PER_TIER = 2
 # One machine: heartbeats are cheap, and a dead worker is reported by the supervisor anyway.
@@ -188,7 +188,7 @@ def _claim_run(state_dir: Path, plan: Plan) -> None:
     marker = state_dir / "run.json"
     config = {
         "run_id": plan.run_id,
-        "source": str(plan.source.absolute()),
+        "source": source_name(plan.source),
         "label_mode": plan.label_mode,
     }
     if marker.exists():
@@ -258,47 +258,6 @@ def run_embedded(
         )
 
 
-def _release_orphans(state: SqliteStateStore, run_id: str) -> int:
-    """Shards left `running` by a run that was killed outright: no worker of that run can be
-    alive (we hold the lock), so give them back now instead of waiting for their leases."""
-    orphans = state.list(run_id, status=ShardStatus.RUNNING)
-    for r in orphans:
-        error = {"kind": "interrupted", "tier": r.tier, "cause": "the previous run was killed"}
-        state.release(run_id, r.key, r.attempts, error=error)
-    return len(orphans)
-
-
-def _untrusted_finished(plan: Plan, state: SqliteStateStore) -> tuple[int, list[str]]:
-    """Finished shards that cannot be believed: the output file is missing, has another size or
-    an unreadable index, or the source changed since. They are reset and converted again."""
-    stores: dict[int, ScaleStore] = {}
-    kept, reset = 0, []
-    for task in plan.tasks:
-        rec = state.get(plan.run_id, task.key)
-        if rec is None or not rec.status.finished:
-            continue
-        if task.scale not in stores:
-            stores[task.scale] = ScaleStore(plan.dest, plan.spec.scales[task.scale], io_context())
-        why = _finished_problem(stores[task.scale], task, rec)
-        if why is None:
-            kept += 1
-            continue
-        state.reset(plan.run_id, task.key, why)
-        reset.append(f"{task.key}: {why}")
-    return kept, reset
-
-
-def _finished_problem(store: ScaleStore, task, rec: ShardRecord) -> str | None:
-    now = task_fingerprint(task)
-    if rec.source and rec.source != now:
-        return f"source {task.sources[0].arrow} changed since it was converted"
-    if rec.status is ShardStatus.DONE:
-        return store.shard_file_problem(task.shard, rec.bytes_written)
-    if store.shard_size(task.shard) is not None:  # EMPTY: no file may exist
-        return f"recorded empty, but {store.shard_file(task.shard)} exists"
-    return None
-
-
 def _run_locked(
     plan, started, workers, state_dir, gzip_level, attempts_per_tier, progress, log_level
 ) -> RunSummary:
@@ -311,7 +270,7 @@ def _run_locked(
         state.put_run(
             plan.run_id,
             {
-                "source": str(plan.source.absolute()),
+                "source": source_name(plan.source),
                 "dest": plan.dest,
                 "label_mode": plan.label_mode,
                 "scales": plan.scales,
@@ -319,23 +278,15 @@ def _run_locked(
             },
         )
         state.plan(plan.records())
-        _release_orphans(state, plan.run_id)
-        kept, reconverted = _untrusted_finished(plan, state)
-        by_tier: dict[str, list[tuple[bytes, dict[str, str]]]] = {}
-        for task in plan.tasks:
-            rec = state.get(plan.run_id, task.key)
-            if rec is not None and rec.status.finished:
-                continue
-            tier = rec.tier if rec is not None and rec.tier in queue.tiers else task.tier
-            attrs = {"run": plan.run_id, "key": task.key, "scale": str(task.scale)}
-            by_tier.setdefault(tier, []).append((task.to_json(), attrs))
-        for tier, messages in by_tier.items():
+        release_orphans(state, plan.run_id)  # we hold DEST's lock: no worker of it is alive
+        todo = plan_publish(plan, state, queue.tiers, stale_after_s=0.0)
+        for tier, messages in todo.by_tier.items():
             queue.publish_many(tier, messages)
     except sqlite3.OperationalError as e:
         raise PlanError(f"cannot use the run state in {state_dir}: {e}") from None
     baseline = _finished_chunks(state.summary(plan.run_id))
     interrupted_by = 0
-    if by_tier:
+    if todo.messages:
         interrupted_by = _Supervisor(
             state_dir, plan, state, queue, workers, gzip_level, attempts_per_tier, log_level
         ).run(progress)
@@ -355,8 +306,8 @@ def _run_locked(
         bytes_written=sum(r.bytes_written for r in finished),
         failed=failed,
         interrupted_by=interrupted_by,
-        skipped_finished=kept,
-        reconverted=reconverted,
+        skipped_finished=todo.kept,
+        reconverted=todo.reconverted,
         notes=[n for n in [*plan.notes, plan.missing_scales_note()] if n],
     )
     queue.close()
@@ -453,7 +404,7 @@ class _Supervisor:
                     p.kill()
                     p.join()
             # Every worker is gone: a shard still `running` was held by one we had to kill.
-            _release_orphans(self.state, self.plan.run_id)
+            release_orphans(self.state, self.plan.run_id)
         if progress is not None:
             progress(self.state.summary(self.plan.run_id))
         return interrupted_by

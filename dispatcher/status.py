@@ -151,7 +151,8 @@ def render(report: StatusReport) -> str:
         + f" {report.chunks_done:>12,} / {report.chunks_expected:<12,}"
     )
     lines.append(
-        f"  throughput: {report.chunks_per_s:,.0f} chunks/s over the last 10 min "
+        f"  throughput: {report.chunks_per_s:,.{0 if report.chunks_per_s >= 100 else 1}f} "
+        "chunks/s over the last 10 min "
         f"({report.recent_shards} shards); ETA {_duration(report.eta_seconds)}"
     )
     for f in (report._flight(r) for r in report.in_flight):

@@ -14,7 +14,6 @@ different lengths, duplicate chunks, and an Arrow file that disagrees with its C
 
 from __future__ import annotations
 
-import os
 import re
 import struct
 import threading
@@ -27,6 +26,13 @@ import pyarrow as pa
 import zstandard
 
 from dvid2ng.dvidexport import ipc
+from dvid2ng.dvidexport.storage import (
+    SourceFile,
+    is_gcs,
+    source_file,
+    split_gs_url,
+    storage_client,
+)
 from dvid2ng.schemas.dvid import (
     COORD_FIELDS,
     MAX_UNCOMPRESSED_BLOCK,
@@ -39,7 +45,6 @@ from dvid2ng.schemas.dvid import (
 
 Chunk = tuple[int, int, int]
 
-READ_BUFFER = 1 << 20  # bytes of read-ahead of the buffered file handle
 _SCALE_DIR_RE = re.compile(r"s(\d+)")
 _STEM_RE = re.compile(r"(\d+)_(\d+)_(\d+)")
 
@@ -64,14 +69,31 @@ class ChunkRecord:
 
 @dataclass(frozen=True)
 class ExportFile:
-    """One `s<scale>/<stem>.arrow` of an export folder (and its CSV index if present)."""
+    """One `s<scale>/<stem>.arrow` of an export folder (and its CSV index if present): a local
+    Path, or a gs:// URL string."""
 
     scale: int
     stem: str  # "X_Y_Z" voxel origin of the shard at that scale
-    arrow: Path
-    csv: Path | None
+    arrow: Path | str
+    csv: Path | str | None
     size: int  # bytes of the .arrow file
-    mtime_ns: int
+    mtime_ns: int = 0  # local files
+    gcs_generation: str = ""  # GCS objects
+
+    @property
+    def generation(self) -> str:
+        """What changes when the file is rewritten: the GCS generation, or the mtime."""
+        return self.gcs_generation or str(self.mtime_ns)
+
+    @property
+    def url(self) -> str:
+        return self.arrow if isinstance(self.arrow, str) else str(self.arrow.absolute())
+
+    @property
+    def csv_url(self) -> str:
+        if self.csv is None:
+            return ""
+        return self.csv if isinstance(self.csv, str) else str(self.csv.absolute())
 
     @property
     def origin(self) -> tuple[int, int, int]:
@@ -133,20 +155,26 @@ class ExportFileReader:
     """
 
     def __init__(
-        self, arrow: str | Path, csv: str | Path | None = None, *, name: str | None = None
+        self,
+        arrow: str | Path | SourceFile,
+        csv: str | Path | SourceFile | None = None,
+        *,
+        name: str | None = None,
     ):
-        self.arrow_path = Path(arrow)
-        self.csv_path = None if csv is None else Path(csv)
-        self.name = name or display_name(arrow)
-        self.csv_name = None if csv is None else display_name(csv)
+        """`arrow` / `csv`: local paths, gs:// URLs or SourceFiles (dvidexport.storage)."""
+        self.arrow_source = source_file(arrow)
+        self.csv_source = None if csv is None else source_file(csv)
+        self.name = name or display_name(self.arrow_source.url)
+        self.csv_name = None if csv is None else display_name(self.csv_source.url)
         # Unbuffered handle for the schema and for read_batch_at (random ranges: a read-ahead
-        # buffer would fetch 1 MiB per small batch); iteration opens its own buffered handle.
-        self._f = open(self.arrow_path, "rb", buffering=0)  # noqa: SIM115
+        # buffer would fetch a whole buffer per small batch); iteration opens its own
+        # sequential handle.
+        self._f = self.arrow_source.open(sequential=False)
         self._lock = threading.Lock()  # read_batch_at shares self._f between threads
         self._closed = False
         try:
             self._open_arrow()
-            self._index = self._load_index() if self.csv_path is not None else None
+            self._index = self._load_index() if self.csv_source is not None else None
         except BaseException:
             self._f.close()
             raise
@@ -158,7 +186,7 @@ class ExportFileReader:
 
     def _open_arrow(self) -> None:
         f = self._f
-        self.file_size = os.fstat(f.fileno()).st_size
+        self.file_size = self.arrow_source.size()
         if self.file_size == 0:
             raise self._err("empty file")
         head = f.read(ipc.FILE_HEADER_LEN)
@@ -231,15 +259,15 @@ class ExportFileReader:
         return where
 
     def _load_index(self) -> ChunkIndex:
-        assert self.csv_path is not None
-        raw = self.csv_path.read_bytes()  # a missing file is an OSError, not a format error
+        assert self.csv_source is not None
+        raw = self.csv_source.read_all()  # a missing file is an OSError, not a format error
         try:
             text = raw.decode("ascii")
         except UnicodeDecodeError as e:
             raise ExportFormatError(
                 self.csv_name or "", f"not a text file (byte {e.start} is not ASCII)"
             ) from None
-        index = parse_chunk_index(text, self.csv_name or str(self.csv_path))
+        index = parse_chunk_index(text, self.csv_name or self.csv_source.url)
         if index.schema_size not in (None, 0, self._schema_end):
             raise ExportFormatError(
                 self.csv_name or "",
@@ -290,7 +318,7 @@ class ExportFileReader:
         buffers of each record batch (the labels and blocks are skipped, not decoded)."""
         self._check_open()
         parts: list[np.ndarray] = []
-        with open(self.arrow_path, "rb", buffering=READ_BUFFER) as f:
+        with self.arrow_source.open(sequential=True) as f:
             ms = self._messages(f, self._schema_end)
             try:
                 while (hdr := ms.next_header()) is not None:
@@ -372,7 +400,7 @@ class ExportFileReader:
         seen: set[Chunk] = set()
         row = 0
         batch_no = 0
-        with open(self.arrow_path, "rb", buffering=READ_BUFFER) as f:
+        with self.arrow_source.open(sequential=True) as f:
             ms = self._messages(f, self._schema_end)
             while True:
                 try:
@@ -749,6 +777,8 @@ def list_export(source: str | Path) -> dict[int, list[ExportFile]]:
     `X_Y_Z.csv` index without its `.arrow`. Files are sorted by origin (z, y, x). A scale folder
     without files is listed with no files (the planner decides what that means).
     """
+    if is_gcs(source):
+        return _list_gcs_export(str(source))
     source = Path(source)
     if not source.is_dir():
         raise FileNotFoundError(f"{source}: export folder not found")
@@ -794,3 +824,45 @@ def _list_scale_folder(scale: int, folder: Path) -> list[ExportFile]:
         )
     files.sort(key=lambda e: e.origin[::-1])
     return files
+
+
+def _list_gcs_export(url: str) -> dict[int, list[ExportFile]]:
+    """list_export for gs://bucket/prefix: one listing of the prefix (paged by the client)."""
+    bucket, prefix = split_gs_url(url.rstrip("/"))
+    prefix = prefix + "/" if prefix else ""
+    arrows: dict[tuple[int, str], tuple[int, str]] = {}
+    csvs: set[tuple[int, str]] = set()
+    scales: set[int] = set()
+    for blob in storage_client().list_blobs(bucket, prefix=prefix):
+        rel = blob.name[len(prefix) :]
+        parts = rel.split("/")
+        if len(parts) != 2 or not _SCALE_DIR_RE.fullmatch(parts[0]):
+            continue
+        scale = int(parts[0][1:])
+        scales.add(scale)
+        stem, dot, ext = parts[1].rpartition(".")
+        full = f"gs://{bucket}/{blob.name}"
+        if ext == "arrow" and dot:
+            if not _STEM_RE.fullmatch(stem):
+                raise ExportFormatError(
+                    full, "not a DVID export file name: expected <X>_<Y>_<Z>.arrow (voxel origin)"
+                )
+            arrows[(scale, stem)] = (int(blob.size), str(blob.generation))
+        elif ext == "csv" and _STEM_RE.fullmatch(stem):
+            csvs.add((scale, stem))
+    for scale, stem in sorted(csvs - set(arrows)):
+        raise ExportFormatError(
+            f"gs://{bucket}/{prefix}s{scale}/{stem}.csv",
+            f"chunk index without its data file {stem}.arrow (an interrupted upload?); "
+            "copy the .arrow file too, or remove the .csv",
+        )
+    out: dict[int, list[ExportFile]] = {s: [] for s in sorted(scales)}
+    for (scale, stem), (size, generation) in arrows.items():
+        base = f"gs://{bucket}/{prefix}s{scale}/{stem}"
+        csv = base + ".csv" if (scale, stem) in csvs else None
+        out[scale].append(
+            ExportFile(scale, stem, base + ".arrow", csv, size, gcs_generation=generation)
+        )
+    for files in out.values():
+        files.sort(key=lambda e: e.origin[::-1])
+    return out

@@ -105,6 +105,9 @@ class GcsEmulator:
 
     def __init__(self, workdir: Path) -> None:
         self.port = free_port()
+        # The proxy first: the server must report its URL as its own (`-external-url`), or
+        # clients download from the `mediaLink` it hands out, around the proxy.
+        self.proxy = CountingProxy(self.port)
         log = open(workdir / "fake-gcs.log", "wb")  # noqa: SIM115 - closed in stop()
         self._log = log
         self.proc = subprocess.Popen(
@@ -120,12 +123,13 @@ class GcsEmulator:
                 "memory",
                 "-log-level",
                 "warn",
+                "-external-url",
+                self.proxy.url,
             ],
             stdout=log,
             stderr=log,
             start_new_session=True,
         )
-        self.proxy = CountingProxy(self.port)
         threading.Thread(target=self.proxy.serve_forever, daemon=True).start()
         self._wait_ready()
 

@@ -8,8 +8,7 @@ with the finished shard, so a resume can tell that a source changed since.
 
 from __future__ import annotations
 
-import os
-
+from dvid2ng.dvidexport.storage import source_file
 from dvid2ng.schemas.task import ShardTask, SourceObject
 from dvid2ng.worker.errors import InputError
 
@@ -23,10 +22,11 @@ def task_fingerprint(task: ShardTask) -> str:
     return ";".join(fingerprint(s.size, s.generation) for s in task.sources)
 
 
-def stat_source(path: str) -> tuple[int, str]:
-    """(size, generation) of a source file as it is now. Raises OSError when unreadable."""
-    st = os.stat(path)
-    return st.st_size, str(st.st_mtime_ns)
+def stat_source(where: str) -> tuple[int, str]:
+    """(size, generation) of a source file (path or gs:// URL) as it is now. Raises OSError
+    (FileNotFoundError for a missing object) when it cannot be read."""
+    src = source_file(where)
+    return src.size(), src.generation()
 
 
 def check_source_unchanged(src: SourceObject) -> None:

@@ -16,6 +16,7 @@ import deflate
 import numpy as np
 
 from dvid2ng.dvidexport.reader import ExportFileReader, decompress_block
+from dvid2ng.dvidexport.storage import source_file
 from dvid2ng.kernels import KernelError, dvid_block_to_cseg
 from dvid2ng.schemas.dvid import ExportFormatError
 from dvid2ng.schemas.sharding import (
@@ -105,7 +106,9 @@ def _convert_records(
     supervoxels = task.label_mode == "supervoxels"
     out = ShardOutcome(status="empty")
     try:
-        with ExportFileReader(src.arrow, src.csv or None) as reader:
+        arrow = source_file(src.arrow, src.generation, src.size)  # gs://: pinned generation
+        csv = source_file(src.csv) if src.csv else None
+        with ExportFileReader(arrow, csv, name=src.arrow) as reader:
             for rec in reader:
                 if should_stop is not None and should_stop():
                     raise Interrupted()

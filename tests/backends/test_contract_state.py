@@ -84,6 +84,16 @@ def test_plan_inserts_and_round_trips_every_field(state: StateStore):
     assert state.get("other-run", "s2/ffff") is None
 
 
+def test_get_many_returns_the_existing_records(state: StateStore):
+    keys = [f"s0/{i:03x}" for i in range(1200)]  # more than one batch of any backend
+    state.plan([rec(k, shard=i) for i, k in enumerate(keys)])
+    state.plan([rec("s0/000", run_id="other-run", chunks_expected=5)])
+    got = state.get_many(RUN, [*keys[::7], "s9/missing"])
+    assert set(got) == set(keys[::7])
+    assert all(got[k] == state.get(RUN, k) for k in keys[::70])
+    assert state.get_many(RUN, []) == {}
+
+
 def test_plan_keeps_existing_records_for_resume(state: StateStore):
     assert state.plan([rec("s0/0"), rec("s0/1"), rec("s0/2")]) == 3
     finish_done(state, "s0/0", claim(state, "s0/0"))
