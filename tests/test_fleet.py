@@ -329,3 +329,51 @@ def test_a_gs_source_changed_after_publish_fails_its_shard_not_mixes(
     assert main(["errors"]) == 1
     out = capsys.readouterr().out
     assert first.split("/")[-1] in out and ("changed since planning" in out or "any more" in out)
+
+
+def test_a_shard_that_kills_its_worker_every_time_climbs_every_tier_to_the_dlq(
+    slow_export, tmp_path, urls, capsys
+):
+    """Each attempt is SIGKILLed (as the OOM killer would) the moment it holds the shard. The
+    next delivery on that tier sees the dead claim and sends it one tier up; after the last tier
+    it lands in the terminal queue, visible in `dlq list`, within a bounded number of
+    deliveries. Every other shard finishes."""
+    root, _ = slow_export
+    dest = tmp_path / "vol"
+    run_id = _publish_slow(root, dest)
+    state = open_state(os.environ["DVID2NG_STATE"])
+    doomed = sorted(r.key for r in state.list(run_id))[3]
+    timing = ["--heartbeat-seconds", "1", "--stale-after", "6", "--lease-seconds", "10"]
+    kills = 0
+    deadline = time.monotonic() + 400
+    w = None
+    while time.monotonic() < deadline:
+        if w is None or w.poll() is not None:
+            w = subprocess.Popen(
+                [sys.executable, "-m", "dvid2ng.dispatcher.cli", "worker", "--tier", "all",
+                 *timing, "--exit-when-idle", "--idle-seconds", "4"],
+                stderr=subprocess.DEVNULL,
+            )  # fmt: skip
+        rec = state.get(run_id, doomed)
+        if rec.status is ShardStatus.RUNNING and rec.worker.endswith(f"-{w.pid}"):
+            w.kill()
+            w.wait()
+            kills += 1
+        summary = counts_by_status(state.summary(run_id))
+        if rec.status is ShardStatus.FAILED and summary[ShardStatus.DONE] == 7:
+            break
+        time.sleep(0.02)
+    w.terminate()
+    w.wait(30)
+    final = state.get(run_id, doomed)
+    assert final.status is ShardStatus.FAILED and final.error["kind"] == "died", final
+    # one death per tier converting it; the killer may also catch an attempt in the moment it
+    # hands the shard up (a claim, then a release), which costs one more delivery
+    assert len(tier_names()) <= kills <= 2 * len(tier_names())
+    assert final.attempts <= kills + len(tier_names()), "bounded deliveries"
+    assert main(["dlq", "list", "--json"]) == 0
+    (letter,) = json.loads(capsys.readouterr().out)
+    assert letter["key"] == doomed and letter["from_tier"] == tier_names()[-1]
+    others = [r for r in state.list(run_id) if r.key != doomed]
+    assert all(r.status is ShardStatus.DONE for r in others)
+    assert not (dest / "s0" / f"{doomed.split('/')[1]}.shard").exists()
