@@ -157,6 +157,20 @@ def test_a_poison_message_is_dead_lettered(export, tmp_path, urls, capsys):
     assert "invalid task message" in letter["reason"] and letter["body"] == "this is not a task"
 
 
+def _only_run() -> str:
+    ((run_id, _),) = open_state(os.environ["DVID2NG_STATE"]).runs()
+    return run_id
+
+
+def _task_of(run_id: str, key: str, export) -> bytes:
+    """The task message of shard `key`, as the planner makes it (to publish a duplicate)."""
+    from dvid2ng.dispatcher.plan import plan_transcode
+
+    config = open_state(os.environ["DVID2NG_STATE"]).get_run(run_id)
+    plan = plan_transcode(config["source"], config["dest"], export.spec)
+    return next(t for t in plan.tasks if t.key == key).to_json()
+
+
 def _running(run_id: str, timeout: float = 120):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -308,6 +322,18 @@ def test_gs_source_and_destination_read_back_bit_exact_one_upload_per_shard(
     assert shard_writes and set(shard_writes.values()) == {1}
     ranged = [r for r in gcs.proxy.requests if r[0] == "GET" and "src/o/" in r[1] and r[2]]
     assert ranged, "the Arrow files were read with range requests"
+    # duplicate deliveries of finished shards (forced with --republish) write nothing
+    gcs.proxy.writes.clear()
+    argv = ["publish", "gs://src/export", "gs://dst/vol", "--spec", str(export.spec_path)]
+    assert main([*argv, "--republish"]) == 0
+    assert "published 0 shard messages" in capsys.readouterr().err  # finished: not republished
+    run_id = _only_run()
+    q = open_queue(os.environ["DVID2NG_QUEUE"])
+    for r in records(run_id):
+        task = _task_of(run_id, r.key, export)
+        q.publish(r.tier, task, {"key": r.key})
+    drain(1)
+    assert not [k for k in gcs.proxy.writes if k.endswith(".shard")], dict(gcs.proxy.writes)
 
 
 def test_a_gs_source_changed_after_publish_fails_its_shard_not_mixes(
