@@ -156,6 +156,10 @@ class StateStore(Protocol):
     def release(self, run_id: str, key: str, worker: str) -> None:
         """Give an unfinished shard back (interrupted worker): status returns to queued."""
 
+    def reopen(self, run_id: str, key: str) -> bool:
+        """A finished (done or empty) shard goes back to queued, e.g. because its output file
+        was deleted and must be rebuilt (`--only-missing`). False if it was not finished."""
+
     def get(self, run_id: str, key: str) -> ShardRecord | None: ...
 
     def list(

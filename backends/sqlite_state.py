@@ -290,6 +290,23 @@ class SqliteStateStore:
             run_id, key, worker, "status = ?, worker = ''", (ShardStatus.QUEUED.value,)
         )
 
+    def reopen(self, run_id: str, key: str) -> bool:
+        with self._db.write() as conn:
+            cur = conn.execute(
+                "UPDATE shards SET status = ?, worker = '', finished_at = 0, error = NULL,"
+                " chunks_done = 0, chunks_written = 0, bytes_written = 0, updated_at = ?"
+                " WHERE run_id = ? AND key = ? AND status IN (?, ?)",
+                (
+                    ShardStatus.QUEUED.value,
+                    self._clock(),
+                    run_id,
+                    key,
+                    ShardStatus.DONE.value,
+                    ShardStatus.EMPTY.value,
+                ),
+            )
+            return cur.rowcount == 1
+
     def _get(self, conn: Any, run_id: str, key: str) -> ShardRecord | None:
         row = conn.execute(
             f"SELECT {_COLUMNS} FROM shards WHERE run_id = ? AND key = ?", (run_id, key)

@@ -24,6 +24,7 @@ import structlog
 from dvid2ng.backends.base import Delivery, Queue, ShardStatus, StateStore
 from dvid2ng.schemas.spec import VolumeSpec
 from dvid2ng.schemas.task import ShardTask, TaskError
+from dvid2ng.worker.downsample import downsample_task
 from dvid2ng.worker.errors import InputError, Interrupted
 from dvid2ng.worker.memory import peak_rss_bytes, reset_peak_rss
 from dvid2ng.worker.output import ScaleStore, io_context, read_info
@@ -117,7 +118,8 @@ class Worker:
         bound.info("shard_started", source=task.sources[0].arrow if task.sources else "")
         try:
             store = self._store(task)
-            outcome = transcode_shard(
+            convert = downsample_task if task.kind == "downsample" else transcode_shard
+            outcome = convert(
                 task,
                 store,
                 gzip_level=self.gzip_level,

@@ -293,6 +293,23 @@ def test_release_returns_shard_to_queue(state_backend: StateHarness, state: Stat
     assert again is not None and again.worker == "w2" and again.attempts == 2
 
 
+def test_reopen_requeues_only_finished_shards(state_backend: StateHarness, state: StateStore):
+    stale = state_backend.stale_after_s
+    planned(state, "s1/0", "s1/1", "s1/2")
+    state.claim(RUN, "s1/0", "w", "t2gi", stale)
+    finish_done(state, "s1/0", "w")
+    state.claim(RUN, "s1/1", "w", "t2gi", stale)
+    assert not state.reopen(RUN, "s1/1"), "a running shard is not reopened"
+    assert not state.reopen(RUN, "s1/2"), "a queued shard is not reopened"
+    assert not state.reopen(RUN, "s1/9"), "an unknown shard is not reopened"
+    assert state.reopen(RUN, "s1/0")
+    got = state.get(RUN, "s1/0")
+    assert got.status is ShardStatus.QUEUED and got.chunks_written == 0 and got.bytes_written == 0
+    assert state.get(RUN, "s1/1").status is ShardStatus.RUNNING
+    again = state.claim(RUN, "s1/0", "w2", "t2gi", stale)
+    assert again is not None and again.attempts == 2
+
+
 # -- list / counts --------------------------------------------------------------------------
 
 
