@@ -141,6 +141,8 @@ def child_shards_of(parent: Scale, child: Scale, parent_shard: int) -> list[int]
     voxels, halved, to child chunks (clamped to the child grid), stepped at child-shard
     granularity."""
     plo, phi = shard_bounds(parent, parent_shard)
+    if any(h <= low for low, h in zip(plo, phi, strict=True)):
+        return []  # a shard number past the grid edge holds no chunk
     lo, hi = [], []
     for d in range(3):
         vlo = plo[d] * parent.chunk_size[d] // 2

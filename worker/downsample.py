@@ -169,6 +169,8 @@ def parent_shards_of(parent: Scale, child: Scale, child_shard: int) -> list[int]
 def _parent_chunk_region(parent: Scale, child: Scale, child_shard: int) -> tuple[Chunk, Chunk]:
     """[lo, hi) parent chunks covering the voxels that output shard `child_shard` is made of."""
     clo, chi = shard_bounds(child, child_shard)
+    if any(h <= low for low, h in zip(clo, chi, strict=True)):
+        return (0, 0, 0), (0, 0, 0)  # a shard number past the grid edge holds no chunk
     lo, hi = [], []
     for d in range(3):
         vlo = 2 * clo[d] * child.chunk_size[d]
