@@ -54,8 +54,10 @@ def task_for(spec: VolumeSpec, scale: int, shard: int, dest: str, method="mode")
     )
 
 
-def build_scale(dest: str, spec: VolumeSpec, scale: int, method="mode", shards=None):
-    parent = ParentReader(dest, spec.scales[scale - 1])
+def build_scale(
+    dest: str, spec: VolumeSpec, scale: int, method="mode", shards=None, decoder="dvid2ng"
+):
+    parent = ParentReader(dest, spec.scales[scale - 1], decoder=decoder)
     store = ScaleStore(dest, spec.scales[scale], io_context())
     outcomes = {}
     for sh in range(num_shards(spec.scales[scale])) if shards is None else shards:
@@ -64,14 +66,17 @@ def build_scale(dest: str, spec: VolumeSpec, scale: int, method="mode", shards=N
 
 
 @pytest.mark.parametrize(
-    ("size", "chunks", "method"),
+    ("size", "chunks", "method", "decoder"),
     [
-        ((201, 150, 99), [32, 16, 16, 8], "mode"),  # chunk sizes shrink: several shards per scale
-        ((130, 97, 71), [64, 64, 64], "mode"),  # equal chunks: one output chunk per 8 parents
-        ((77, 120, 45), [16, 32, 64], "dvid"),  # chunk sizes grow: many parents per output chunk
+        ((201, 150, 99), [32, 16, 16, 8], "mode", "dvid2ng"),  # chunks shrink: many shards
+        ((130, 97, 71), [64, 64, 64], "mode", "dvid2ng"),  # equal chunks: 8 parents per chunk
+        ((77, 120, 45), [16, 32, 64], "dvid", "dvid2ng"),  # chunks grow: many parents per chunk
+        ((150, 100, 90), [64, 16, 8], "mode", "dvid2ng"),  # a parent chunk spans 8 bricks
+        ((201, 150, 99), [32, 16, 16, 8], "mode", "tensorstore"),  # TensorStore decodes
+        ((77, 120, 45), [16, 32, 64], "dvid", "tensorstore"),
     ],
 )
-def test_every_scale_equals_numpy_reference(tmp_path, size, chunks, method):
+def test_every_scale_equals_numpy_reference(tmp_path, size, chunks, method, decoder):
     dest = str(tmp_path / "vol")
     spec = VolumeSpec.from_json(pyramid_spec(size, chunks))
     s0 = make_volume((size[2], size[1], size[0]), seed=sum(size))
@@ -79,7 +84,7 @@ def test_every_scale_equals_numpy_reference(tmp_path, size, chunks, method):
     want = reference_pyramid(s0, len(chunks), method)
     for s in range(1, len(chunks)):
         assert any(n % chunks[s] for n in spec.scales[s].size), "clipped edge chunks at every scale"
-        outcomes = build_scale(dest, spec, s, method)
+        outcomes = build_scale(dest, spec, s, method, decoder=decoder)
         files = list_shard_files(dest, spec.scales[s])
         assert sorted(files) == sorted(k for k, o in outcomes.items() if o.status == "done")
         assert len(files) > 1 or num_shards(spec.scales[s]) == 1
@@ -192,20 +197,26 @@ def test_memory_estimate_grows_with_output():
     assert estimate_downsample_bytes(1, 32768, None) > estimate_downsample_bytes(1, 64, None)
 
 
-def test_corrupt_parent_fails_with_file_and_chunk_and_writes_nothing(tmp_path):
+@pytest.mark.parametrize("where", ["chunk data", "minishard index"])
+def test_corrupt_parent_fails_with_file_and_chunk_and_writes_nothing(tmp_path, where):
     dest = str(tmp_path / "vol")
     spec = VolumeSpec.from_json(pyramid_spec((128, 128, 64), [32, 32]))
     s0 = make_volume((64, 128, 128), seed=5)
     write_scale(dest, spec, 0, s0)
     for f in (tmp_path / "vol" / "s0").glob("*.shard"):
         data = bytearray(f.read_bytes())
-        data[-200:] = b"\x01" * 200  # damage chunk data and the minishard index after it
+        index_len = 16 << spec.scales[0].sharding.minishard_bits
+        at = index_len + 20 if where == "chunk data" else len(data) - 30  # ms index is last
+        data[at : at + 12] = b"\x01" * 12
         f.write_bytes(bytes(data))
-    child = spec.scales[1]
     with pytest.raises(InputError) as e:
         build_scale(dest, spec, 1)
-    assert "s0" in e.value.file and "scale 0" in e.value.cause
-    assert list_shard_files(dest, child) == {}
+    assert "/s0" in e.value.file and "scale 0" in e.value.cause
+    if where == "chunk data":
+        assert e.value.chunk is not None, "the parent chunk is named"
+    else:
+        assert e.value.file.endswith(".shard") and "minishard index" in e.value.cause
+    assert list_shard_files(dest, spec.scales[1]) == {}
 
 
 def test_interrupt_writes_nothing(tmp_path):
