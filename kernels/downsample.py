@@ -294,3 +294,172 @@ def downsample_labels(
         )
     _downsample_kernel(vol, out, method == "dvid")
     return out
+
+
+# ---------------------------------------------------------------------------------------
+# fused: one compressed_segmentation chunk -> its 2x2x2 vote, without the decoded chunk
+#
+# A 2x2x2 window never crosses an 8^3 cseg block (blocks start at multiples of 8), so each
+# block is voted on alone: a one-value block (the most common kind) just fills its 4^3 output
+# voxels; any other is decoded into a 512-value buffer that stays in L1 and voted from there.
+# The 2 MiB decoded chunk is never written or read back.
+
+_F_OK = 0
+_F_BAD = 1  # any inconsistency: the wrapper re-decodes with decode_cseg for the exact message
+
+
+@njit(cache=True, nogil=True)
+def _vote_block(vals, ex, ey, ez, out, oz0, oy0, ox0, buf, ignore_zero):
+    """Vote the windows of one decoded block (vals: 8x8x8, x fastest, extent ex, ey, ez)
+    into out[oz0.., oy0.., ox0..]."""
+    hz, hy, hx = (ez + 1) // 2, (ey + 1) // 2, (ex + 1) // 2
+    for wz in range(hz):
+        z = 2 * wz
+        for wy in range(hy):
+            y = 2 * wy
+            full_zy = z + 1 < ez and y + 1 < ey
+            for wx in range(hx):
+                x = 2 * wx
+                if full_zy and x + 1 < ex:
+                    k = x + 8 * (y + 8 * z)
+                    v0 = vals[k]
+                    v1 = vals[k + 1]
+                    v2 = vals[k + 8]
+                    v3 = vals[k + 9]
+                    v4 = vals[k + 64]
+                    v5 = vals[k + 65]
+                    v6 = vals[k + 72]
+                    v7 = vals[k + 73]
+                    diff = (
+                        (v0 ^ v1)
+                        | (v0 ^ v2)
+                        | (v0 ^ v3)
+                        | (v0 ^ v4)
+                        | (v0 ^ v5)
+                        | (v0 ^ v6)
+                        | (v0 ^ v7)
+                    )
+                    if diff == _U0:
+                        r = v0
+                    else:
+                        r, ok = _vote2(v0, v1, v2, v3, v4, v5, v6, v7, ignore_zero)
+                        if not ok:
+                            r = _vote8_sorted(v0, v1, v2, v3, v4, v5, v6, v7, ignore_zero)
+                else:
+                    n = 0
+                    for dz in range(min(2, ez - z)):
+                        for dy in range(min(2, ey - y)):
+                            for dx in range(min(2, ex - x)):
+                                buf[n] = vals[(x + dx) + 8 * ((y + dy) + 8 * (z + dz))]
+                                n += 1
+                    r = _vote_buf(buf, n, ignore_zero)
+                out[oz0 + wz, oy0 + wy, ox0 + wx] = r
+
+
+@njit(cache=True, nogil=True)
+def _cseg_downsample_kernel(words, nz, ny, nx, out, oz, oy, ox, ignore_zero):
+    """8^3-block cseg chunk of shape (nz, ny, nx) -> its vote at out[oz.., oy.., ox..].
+    Returns _F_OK or _F_BAD (bounds are checked like decode_cseg's)."""
+    nwords = words.shape[0]
+    if nwords < 1:
+        return _F_BAD
+    chan = np.int64(words[0])
+    if chan > nwords or chan < 1:
+        return _F_BAD
+    cw = nwords - chan
+    gx = (nx + 7) // 8
+    gy = (ny + 7) // 8
+    gz = (nz + 7) // 8
+    if 2 * gx * gy * gz > cw:
+        return _F_BAD
+    vals = np.empty(512, np.uint64)
+    buf = np.empty(8, np.uint64)
+    for bz in range(gz):
+        ez = min(8, nz - 8 * bz)
+        for by in range(gy):
+            ey = min(8, ny - 8 * by)
+            for bx in range(gx):
+                ex = min(8, nx - 8 * bx)
+                hdr = bx + gx * (by + gy * bz)
+                h0 = np.int64(words[chan + 2 * hdr])
+                voff = np.int64(words[chan + 2 * hdr + 1])
+                toff = h0 & 0xFFFFFF
+                bits = h0 >> 24
+                if bits not in (0, 1, 2, 4, 8, 16, 32) or voff > 0xFFFFFF or toff > cw:
+                    return _F_BAD
+                tsize = (cw - toff) // 2
+                vneed = (bits * 512 + 31) // 32
+                if voff > cw or vneed > cw - voff:
+                    return _F_BAD
+                tb = chan + toff
+                oz0 = oz + 4 * bz
+                oy0 = oy + 4 * by
+                ox0 = ox + 4 * bx
+                if bits == 0:
+                    if tsize < 1:
+                        return _F_BAD
+                    v = np.uint64(words[tb]) | (np.uint64(words[tb + 1]) << np.uint64(32))
+                    for wz in range((ez + 1) // 2):
+                        for wy in range((ey + 1) // 2):
+                            for wx in range((ex + 1) // 2):
+                                out[oz0 + wz, oy0 + wy, ox0 + wx] = v
+                    continue
+                vb = chan + voff
+                vmask = (np.int64(1) << bits) - 1
+                for z in range(ez):
+                    for y in range(ey):
+                        for x in range(ex):
+                            k = x + 8 * (y + 8 * z)
+                            bitpos = k * bits
+                            idx = (np.int64(words[vb + (bitpos >> 5)]) >> (bitpos & 31)) & vmask
+                            if idx >= tsize:
+                                return _F_BAD
+                            t = tb + 2 * idx
+                            vals[k] = np.uint64(words[t]) | (
+                                np.uint64(words[t + 1]) << np.uint64(32)
+                            )
+                _vote_block(vals, ex, ey, ez, out, oz0, oy0, ox0, buf, ignore_zero)
+    return _F_OK
+
+
+def downsample_cseg_chunk(
+    data,
+    shape_zyx: tuple[int, int, int],
+    out: np.ndarray,
+    offset_zyx=(0, 0, 0),
+    method: str = "mode",
+) -> None:
+    """Vote a compressed_segmentation chunk (8^3 blocks, uint64, one channel) of shape
+    shape_zyx straight into out[offset:offset + ceil(shape / 2)], the same result as
+    downsample_labels(decode_cseg(data, shape_zyx)) without decoding the chunk. Raises
+    CsegDecodeError (as decode_cseg) on a corrupt buffer; out is then partly written."""
+    from .cseg import decode_cseg
+
+    if method not in DOWNSAMPLE_METHODS:
+        raise KernelError(f"downsample method must be one of {DOWNSAMPLE_METHODS}, got {method!r}")
+    nz, ny, nx = (int(s) for s in shape_zyx)
+    oz, oy, ox = (int(o) for o in offset_zyx)
+    half = downsampled_shape((nz, ny, nx))
+    if (
+        not isinstance(out, np.ndarray)
+        or out.ndim != 3
+        or out.dtype != np.uint64
+        or not out.flags.writeable
+        or min(nz, ny, nx, oz, oy, ox) < 0
+        or any(o + h > s for o, h, s in zip((oz, oy, ox), half, out.shape, strict=True))
+    ):
+        raise KernelError(
+            f"out must be a writeable 3-D uint64 array holding {half} voxels at {offset_zyx}, got "
+            f"{getattr(out, 'shape', None)} {getattr(out, 'dtype', type(out).__name__)}"
+        )
+    buf = np.frombuffer(data, dtype=np.uint8) if not isinstance(data, np.ndarray) else data
+    buf = buf.reshape(-1).view(np.uint8)
+    if buf.shape[0] < 4 or buf.shape[0] % 4:
+        decode_cseg(data, (nz, ny, nx))  # raises CsegDecodeError with the exact cause
+    if buf.ctypes.data % 4:
+        buf = buf.copy()
+    words = buf.view(np.uint32)
+    st = _cseg_downsample_kernel(words, nz, ny, nx, out, oz, oy, ox, method == "dvid")
+    if st != _F_OK:
+        decode_cseg(data, (nz, ny, nx))  # raises CsegDecodeError with the exact cause
+        raise KernelError("compressed_segmentation chunk is inconsistent")  # pragma: no cover

@@ -2,13 +2,13 @@
 
 Data moves forward in small bricks, one output chunk at a time, in chunk-id order: the parent
 chunks under it (8 for equal chunk sizes) read as stored bytes, by byte range, through a
-TensorStore kvstore (local, file://, gs://, memory://) -> gunzip (libdeflate)
--> compressed_segmentation decode (our kernel) into one reused brick (16 MiB for 64^3 chunks)
--> 2x2x2 vote (Numba) -> compressed_segmentation encode (our kernel, 8^3 blocks) -> gzip -> ONE
-TensorStore transaction for the shard -> one commit. Only the gzipped output chunks are held
-(inside the transaction) until the commit, plus the brick and the next brick's pending reads,
-so memory does not grow with the parent region (a full 32^3-chunk output shard reads 8 parent
-shards, 512 GiB of raw voxels).
+TensorStore kvstore (local, file://, gs://, memory://) -> gunzip (libdeflate) -> 2x2x2 vote
+straight from the compressed_segmentation bytes (Numba, block by block: the decoded 2 MiB
+chunk is never built) into the output brick -> compressed_segmentation encode (our kernel,
+8^3 blocks) -> gzip -> ONE TensorStore transaction for the shard -> one commit. Only the
+gzipped output chunks are held (inside the transaction) until the commit, plus one output
+brick and the next brick's reads, so memory does not grow with the parent region (a full
+32^3-chunk output shard reads 8 parent shards, 512 GiB of raw voxels).
 
 `decoder="tensorstore"` reads each brick through TensorStore's neuroglancer_precomputed driver
 instead (its gunzip and decoder): same result, about 3x slower (bench/bench_pyramid.py).
@@ -31,7 +31,7 @@ import numpy as np
 import tensorstore as ts
 
 from dvid2ng.kernels import KernelError, decode_cseg, downsample_labels, encode_cseg
-from dvid2ng.kernels.downsample import DOWNSAMPLE_METHODS
+from dvid2ng.kernels.downsample import DOWNSAMPLE_METHODS, downsample_cseg_chunk, downsampled_shape
 from dvid2ng.schemas.sharding import (
     morton_axis_tables,
     shard_bounds,
@@ -419,79 +419,88 @@ def _bricks(
         yield pending
 
 
-def _assemble(parent: ParentReader, brick: _Brick, buffers: dict) -> np.ndarray:
-    """The parent voxels of the brick as one (Z, Y, X) array: stored chunks gunzipped and
-    decoded straight into a reused buffer, the rest zero."""
+def _stored_bytes(parent: ParentReader, pchunk: Chunk, future: ts.Future) -> bytes:
+    """The gunzipped cseg bytes of one stored parent chunk."""
+    try:
+        got = future.result()
+    except ValueError as e:
+        raise _read_error(e, parent, f"chunk {pchunk}", pchunk) from None
+    if got.state != "value":  # gone since it was indexed: a concurrent rewrite
+        raise RuntimeError(
+            f"{parent.where}: the shard holding chunk {pchunk} vanished while reading "
+            f"(scale {parent.scale.index} rewritten during the downsample?)"
+        )
+    try:
+        return deflate.gzip_decompress(bytes(got.value))
+    except (ValueError, deflate.DeflateError) as e:
+        raise InputError(
+            f"stored chunk of scale {parent.scale.index} is not valid gzip: {e}",
+            file=parent.where,
+            chunk=pchunk,
+        ) from None
+
+
+def _vote_parts(parent: ParentReader, brick: _Brick, method: str, buffers: dict) -> np.ndarray:
+    """The vote over the brick's parent box, (Z, Y, X) of ceil(box / 2): each stored parent
+    chunk is voted straight from its cseg bytes (downsample_cseg_chunk, no decoded chunk);
+    the rest stays zero."""
     pscale = parent.scale
-    shape = tuple(brick.vhi[d] - brick.vlo[d] for d in (2, 1, 0))
-    region = buffers.get(shape)
-    if region is None:
+    box = tuple(brick.vhi[d] - brick.vlo[d] for d in (2, 1, 0))
+    shape = downsampled_shape(box)
+    out = buffers.get(shape)
+    if out is None:
         if len(buffers) >= 4:  # edge bricks have their own shapes; keep a few
             buffers.clear()
-        region = buffers[shape] = np.empty(shape, np.uint64)
+        out = buffers[shape] = np.empty(shape, np.uint64)
     if not brick.complete:
-        region.fill(0)
+        out.fill(0)
     for pchunk, future in brick.parts:
-        try:
-            got = future.result()
-        except ValueError as e:
-            raise _read_error(e, parent, f"chunk {pchunk}", pchunk) from None
-        if got.state != "value":  # gone since it was indexed: a concurrent rewrite
-            raise RuntimeError(
-                f"{parent.where}: the shard holding chunk {pchunk} vanished while reading "
-                f"(scale {pscale.index} rewritten during the downsample?)"
-            )
-        try:
-            data = deflate.gzip_decompress(bytes(got.value))
-        except (ValueError, deflate.DeflateError) as e:
-            raise InputError(
-                f"stored chunk of scale {pscale.index} is not valid gzip: {e}",
-                file=parent.where,
-                chunk=pchunk,
-            ) from None
+        data = _stored_bytes(parent, pchunk, future)
         ext = pscale.chunk_extent(pchunk)
         p0 = tuple(pchunk[d] * pscale.chunk_size[d] for d in range(3))
         a = tuple(max(p0[d], brick.vlo[d]) for d in range(3))
         b = tuple(min(p0[d] + ext[d], brick.vhi[d]) for d in range(3))
-        dst = region[
-            a[2] - brick.vlo[2] : b[2] - brick.vlo[2],
-            a[1] - brick.vlo[1] : b[1] - brick.vlo[1],
-            a[0] - brick.vlo[0] : b[0] - brick.vlo[0],
-        ]
+        at = tuple((a[d] - brick.vlo[d]) // 2 for d in (2, 1, 0))  # even: chunk origins are
         try:
             if a == p0 and all(b[d] == p0[d] + ext[d] for d in range(3)):
-                decode_cseg(data, (ext[2], ext[1], ext[0]), out=dst)
-            else:  # a parent chunk larger than the brick: decode it whole, keep the overlap
+                downsample_cseg_chunk(data, (ext[2], ext[1], ext[0]), out, at, method)
+            else:  # a parent chunk larger than the brick: decode it whole, vote the overlap
                 full = decode_cseg(data, (ext[2], ext[1], ext[0]))
-                dst[...] = full[
+                part = full[
                     a[2] - p0[2] : b[2] - p0[2],
                     a[1] - p0[1] : b[1] - p0[1],
                     a[0] - p0[0] : b[0] - p0[0],
                 ]
+                down = downsample_labels(part, method)
+                out[
+                    at[0] : at[0] + down.shape[0],
+                    at[1] : at[1] + down.shape[1],
+                    at[2] : at[2] + down.shape[2],
+                ] = down
         except KernelError as e:
             raise InputError(
                 f"corrupt stored chunk of scale {pscale.index}: {e}",
                 file=parent.where,
                 chunk=pchunk,
             ) from None
-    return region
+    return out
 
 
 def _encode_brick(
     parent: ParentReader, brick: _Brick, method: str, level: int, name: str, buffers: dict
 ) -> bytes | None:
-    if brick.region is not None:
-        try:
-            region = brick.region.result().T  # (Z, Y, X), C-contiguous
-        except ValueError as e:
-            raise _read_error(
-                e, parent, f"parent region of output chunk {brick.chunk}", brick.chunk
-            ) from None
-    else:
-        region = _assemble(parent, brick, buffers)
     ex, ey, ez = brick.extent
     try:
-        down = downsample_labels(region, method)
+        if brick.region is not None:
+            try:
+                region = brick.region.result().T  # (Z, Y, X), C-contiguous
+            except ValueError as e:
+                raise _read_error(
+                    e, parent, f"parent region of output chunk {brick.chunk}", brick.chunk
+                ) from None
+            down = downsample_labels(region, method)
+        else:
+            down = _vote_parts(parent, brick, method, buffers)
         if down.shape != (ez, ey, ex):  # child size rounded down: drop the last half window
             down = np.ascontiguousarray(down[:ez, :ey, :ex])
         if not down.any():

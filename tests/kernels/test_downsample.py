@@ -196,3 +196,49 @@ def test_bad_input_is_rejected(args, message):
 def test_bad_out_is_rejected():
     with pytest.raises(KernelError, match=r"shape \(1, 1, 2\)"):
         downsample_labels(np.zeros((2, 2, 3), np.uint64), out=np.zeros((1, 1, 1), np.uint64))
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    vol=label_volumes(max_side=40),
+    offset=st.tuples(*(st.integers(0, 3) for _ in range(3))),
+    method=st.sampled_from(["mode", "dvid"]),
+)
+def test_fused_cseg_vote_equals_decode_then_downsample(vol, offset, method):
+    from dvid2ng.kernels import encode_cseg
+    from dvid2ng.kernels.downsample import downsample_cseg_chunk
+
+    half = downsampled_shape(vol.shape)
+    out = np.full(tuple(h + o + 1 for h, o in zip(half, offset, strict=True)), 7, np.uint64)
+    downsample_cseg_chunk(encode_cseg(vol).tobytes(), vol.shape, out, offset, method)
+    want = np.full_like(out, 7)
+    want[
+        offset[0] : offset[0] + half[0],
+        offset[1] : offset[1] + half[1],
+        offset[2] : offset[2] + half[2],
+    ] = downsample_labels(vol, method)
+    np.testing.assert_array_equal(out, want)
+
+
+@settings(max_examples=200, deadline=None)
+@given(vol=label_volumes(max_side=24), data=st.data())
+def test_fused_cseg_vote_rejects_what_decode_rejects(vol, data):
+    from dvid2ng.kernels import CsegDecodeError, decode_cseg, encode_cseg
+    from dvid2ng.kernels.downsample import downsample_cseg_chunk
+
+    enc = bytearray(encode_cseg(vol).tobytes())
+    for _ in range(data.draw(st.integers(1, 4))):
+        i = data.draw(st.integers(0, len(enc) - 1))
+        enc[i] = data.draw(st.integers(0, 255))
+    if data.draw(st.booleans()):
+        enc = enc[: data.draw(st.integers(0, len(enc)))]
+    out = np.zeros(downsampled_shape(vol.shape), np.uint64)
+    try:
+        decoded = decode_cseg(bytes(enc), vol.shape)
+    except CsegDecodeError as e:
+        with pytest.raises(CsegDecodeError) as got:
+            downsample_cseg_chunk(bytes(enc), vol.shape, out)
+        assert str(got.value) == str(e)
+        return
+    downsample_cseg_chunk(bytes(enc), vol.shape, out)
+    np.testing.assert_array_equal(out, downsample_labels(decoded))
