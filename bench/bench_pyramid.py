@@ -127,7 +127,9 @@ def make_s0(dest: Path, period: int = 8, labels: int = 30) -> None:
         )
 
 
-def run_ours(src: str, out: str) -> dict:
+def run_ours(src: str, out: str, limit: int = 0) -> dict:
+    """The full shard, or with `limit` only its first output chunks (then nothing is committed:
+    the rate is comparable, the peak RSS is not the full shard's)."""
     from dvid2ng.kernels import warm_up
     from dvid2ng.schemas.spec import VolumeSpec
     from dvid2ng.schemas.task import ShardTask
@@ -142,8 +144,27 @@ def run_ours(src: str, out: str) -> dict:
         run_id="bench", scale=1, shard=0, shard_name="0", kind="downsample", sources=(),
         dest=out, chunks_expected=32768, downsample_method="mode",
     )  # fmt: skip
+    from dvid2ng.worker.errors import Interrupted
+
+    seen = [0]
+
+    def stop() -> bool:
+        seen[0] += 1
+        return bool(limit) and seen[0] > limit
+
     t = time.monotonic()
-    o = downsample_shard(task, parent, store)
+    try:
+        o = downsample_shard(task, parent, store, should_stop=stop)
+    except Interrupted:
+        wall = time.monotonic() - t
+        return {
+            "chunks": limit,
+            "written": limit,
+            "seconds": wall,
+            "bytes": 0,
+            "encoded_bytes": 0,
+            "peak_rss": vm_hwm(),
+        }
     wall = time.monotonic() - t
     return {
         "chunks": o.chunks_read,
@@ -186,14 +207,14 @@ def run_baseline(src: str, out: str, chunks: int) -> dict:
 def child(args: argparse.Namespace) -> int:
     pin_to_one_core()
     if args.child == "ours":
-        res = run_ours(args.src, args.out)
+        res = run_ours(args.src, args.out, args.chunks)
     else:
         res = run_baseline(args.src, args.out, args.baseline_chunks)
     print(json.dumps(res))
     return 0
 
 
-def measure(which: str, src: Path, out: Path, baseline_chunks: int) -> dict:
+def measure(which: str, src: Path, out: Path, baseline_chunks: int, chunks: int) -> dict:
     import shutil
 
     from dvid2ng.schemas.spec import VolumeSpec
@@ -202,7 +223,7 @@ def measure(which: str, src: Path, out: Path, baseline_chunks: int) -> dict:
     shutil.rmtree(out, ignore_errors=True)
     write_info(str(out), VolumeSpec.from_json(SPEC).info())
     cmd = [sys.executable, __file__, "--child", which, "--src", str(src), "--out", str(out),
-           "--baseline-chunks", str(baseline_chunks)]  # fmt: skip
+           "--baseline-chunks", str(baseline_chunks), "--chunks", str(chunks)]  # fmt: skip
     got = subprocess.run(cmd, check=True, capture_output=True, text=True)
     return json.loads(got.stdout.strip().splitlines()[-1])
 
@@ -215,6 +236,10 @@ def main() -> int:
     )
     ap.add_argument("--repeat", type=int, default=1, help="runs per measurement (best kept)")
     ap.add_argument("--skip-baseline", action="store_true")
+    ap.add_argument(
+        "--chunks", type=int, default=0,
+        help="dvid2ng: stop after this many output chunks (0: the full shard, committed)",
+    )  # fmt: skip
     ap.add_argument("--child", choices=["ours", "baseline"], help=argparse.SUPPRESS)
     ap.add_argument("--src", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
@@ -227,7 +252,7 @@ def main() -> int:
     rows = []
     for which in ["ours"] + ([] if args.skip_baseline else ["baseline"]):
         runs = [
-            measure(which, src, args.work / f"out-{which}", args.baseline_chunks)
+            measure(which, src, args.work / f"out-{which}", args.baseline_chunks, args.chunks)
             for _ in range(args.repeat)
         ]
         best = min(runs, key=lambda r: r["seconds"] / r["chunks"])
@@ -243,7 +268,7 @@ def main() -> int:
         ours, base = rows[0][1], rows[1][1]
         speedup = (ours["chunks"] / ours["seconds"]) / (base["chunks"] / base["seconds"])
         print(f"\ndvid2ng / baseline: {speedup:.2f}x per core")
-    if rows[0][0] == "ours":
+    if rows[0][0] == "ours" and rows[0][1]["bytes"]:
         r = rows[0][1]
         print(
             f"ours: {r['written']} chunks stored, shard file {r['bytes'] / 2**20:.0f} MiB, "

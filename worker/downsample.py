@@ -228,11 +228,36 @@ class ParentReader:
             )
         return ids, np.full(len(ids), shard, np.int64), starts.astype(np.int64), sizes
 
-    def read_stored_async(self, index: ParentIndex, i: int) -> ts.Future:
-        """The stored bytes of index entry i (gzip), as a future of a kvstore ReadResult."""
-        lo = int(index.start[i])
-        key = self.shard_file(int(index.shard[i])).encode()
-        return self.base.read(key, byte_range=slice(lo, lo + int(index.size[i])))
+    def read_stored_async(
+        self, index: ParentIndex, entries: list[int]
+    ) -> list[tuple[ts.Future, int, int]]:
+        """The stored bytes (gzip) of index entries, as (future of a kvstore ReadResult, start,
+        end within its value) each. Entries that sit back to back in one shard file (the 8
+        parent chunks of an output chunk usually do: consecutive chunk ids) share one read."""
+        out: list[tuple[ts.Future, int, int]] = []
+        run: list[int] = []
+
+        def flush() -> None:
+            if not run:
+                return
+            lo = int(index.start[run[0]])
+            hi = int(index.start[run[-1]] + index.size[run[-1]])
+            key = self.shard_file(int(index.shard[run[0]])).encode()
+            fut = self.base.read(key, byte_range=slice(lo, hi))
+            for i in run:
+                a = int(index.start[i]) - lo
+                out.append((fut, a, a + int(index.size[i])))
+            run.clear()
+
+        for i in entries:
+            if run and not (
+                index.shard[i] == index.shard[run[-1]]
+                and index.start[i] == index.start[run[-1]] + index.size[run[-1]]
+            ):
+                flush()
+            run.append(i)
+        flush()
+        return out
 
     def read_region_async(self, lo: Chunk, hi: Chunk) -> ts.Future:
         """Voxels [lo, hi) (x, y, z, from the volume origin) decoded by TensorStore, as a future
@@ -306,7 +331,7 @@ class _Brick:
     extent: Chunk  # output voxels x, y, z
     vlo: Chunk  # parent voxel box [vlo, vhi), x y z
     vhi: Chunk
-    parts: list[tuple[Chunk, ts.Future]]  # stored parent chunks in the box, raw reads
+    parts: list[tuple[Chunk, ts.Future, int, int]]  # stored parent chunks: read, byte range
     complete: bool  # the box is covered by stored parent chunks (no zero fill needed)
     region: ts.Future | None = None  # decoder "tensorstore": the decoded box
 
@@ -409,9 +434,11 @@ def _bricks(
         if present:
             if parent.decoder == "tensorstore":
                 brick.region = parent.read_region_async(vlo, vhi)  # type: ignore[arg-type]
-                brick.parts = [(c, brick.region) for c, _ in present]
+                brick.parts = [(c, brick.region, 0, 0) for c, _ in present]
             else:
-                brick.parts = [(c, parent.read_stored_async(stored, i)) for c, i in present]
+                present.sort(key=lambda ci: ci[1])  # index order = file order within a shard
+                reads = parent.read_stored_async(stored, [i for _, i in present])
+                brick.parts = [(c, *r) for (c, _), r in zip(present, reads, strict=True)]
         if pending is not None:
             yield pending
         pending = brick
@@ -419,7 +446,7 @@ def _bricks(
         yield pending
 
 
-def _stored_bytes(parent: ParentReader, pchunk: Chunk, future: ts.Future) -> bytes:
+def _stored_bytes(parent: ParentReader, pchunk: Chunk, future: ts.Future, a: int, b: int) -> bytes:
     """The gunzipped cseg bytes of one stored parent chunk."""
     try:
         got = future.result()
@@ -431,7 +458,7 @@ def _stored_bytes(parent: ParentReader, pchunk: Chunk, future: ts.Future) -> byt
             f"(scale {parent.scale.index} rewritten during the downsample?)"
         )
     try:
-        return deflate.gzip_decompress(bytes(got.value))
+        return deflate.gzip_decompress(memoryview(got.value)[a:b])
     except (ValueError, deflate.DeflateError) as e:
         raise InputError(
             f"stored chunk of scale {parent.scale.index} is not valid gzip: {e}",
@@ -454,8 +481,8 @@ def _vote_parts(parent: ParentReader, brick: _Brick, method: str, buffers: dict)
         out = buffers[shape] = np.empty(shape, np.uint64)
     if not brick.complete:
         out.fill(0)
-    for pchunk, future in brick.parts:
-        data = _stored_bytes(parent, pchunk, future)
+    for pchunk, future, a_byte, b_byte in brick.parts:
+        data = _stored_bytes(parent, pchunk, future, a_byte, b_byte)
         ext = pscale.chunk_extent(pchunk)
         p0 = tuple(pchunk[d] * pscale.chunk_size[d] for d in range(3))
         a = tuple(max(p0[d], brick.vlo[d]) for d in range(3))
