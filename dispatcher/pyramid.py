@@ -35,15 +35,16 @@ from dvid2ng.worker.downsample import downres_geometry_problem
 from dvid2ng.worker.output import OutputError, ScaleStore, io_context, kvstore_spec
 
 # --- memory model of a downsample task (calibrated in docs/pyramid.md) ----------------------
-# peak RSS = base + HELD_FACTOR x (gzipped output chunks of the shard). The base covers the
-# interpreter, Numba, TensorStore, two bricks (the parent region being voted on and the next
-# one being read, 16 MiB each for 64^3 chunks) and the parent read cache (64 MiB). The
-# transaction holds every gzipped chunk until the commit, which assembles the shard file once
-# more (hence the factor). Output bytes are predicted from the parent shard files that feed
-# the shard times the child/parent byte ratio seen in production (formats.md §11.3), or from
-# the chunk count when the parents' sizes are unknown.
-DOWNSAMPLE_BASE_BYTES = 400 * 2**20
-HELD_FACTOR = 2.0
+# peak RSS = base + HELD_FACTOR x (gzipped output chunks of the shard). The transaction holds
+# every gzipped chunk until the commit; TensorStore writes the shard file from those buffers
+# without a second full copy. Measured (bench/bench_pyramid.py, one full 32^3-chunk s1 shard
+# from 8 full s0 shards): 1,018 MiB peak with 753 MiB of gzipped output, i.e. a base of
+# ~265 MiB (interpreter, Numba, TensorStore, bricks, parent indices) + 1.0 x output. The
+# constants keep ~15% margin on both. Output bytes are predicted from the parent shard files
+# that feed the shard times the child/parent byte ratio seen in production (formats.md §11.3;
+# 0.35 measured on the bench data), or from the chunk count when parent sizes are unknown.
+DOWNSAMPLE_BASE_BYTES = 300 * 2**20
+HELD_FACTOR = 1.15
 CHILD_PARENT_BYTE_RATIO = {1: 0.379, 2: 0.259, 3: 0.257, 4: 0.266, 5: 0.244}
 DEFAULT_BYTE_RATIO = 0.38  # the largest seen: conservative for scales not in the table
 BYTES_PER_CHUNK_FALLBACK = {1: 27919, 2: 44482, 3: 78376, 4: 130244, 5: 199396, 6: 258999}
