@@ -357,6 +357,39 @@ def _vote_block(vals, ex, ey, ez, out, oz0, oy0, ox0, buf, ignore_zero):
 
 
 @njit(cache=True, nogil=True)
+def _vote_block_1bit(words, vb, tb, out, oz0, oy0, ox0, ignore_zero):
+    """A full 8^3 block of two table entries (1 bit per voxel): each window's vote is decided by
+    how many of its 8 bits are set, without decoding a value. Row (y, z) of the block is byte
+    y + 8z of the 16 value words (x = bit)."""
+    v0 = np.uint64(words[tb]) | (np.uint64(words[tb + 1]) << np.uint64(32))
+    v1 = np.uint64(words[tb + 2]) | (np.uint64(words[tb + 3]) << np.uint64(32))
+    lo = v0 if v0 < v1 else v1
+    vote0 = not (ignore_zero and v0 == 0)  # does index 0 / 1 get votes?
+    vote1 = not (ignore_zero and v1 == 0)
+    for wz in range(4):
+        for wy in range(4):
+            r = 2 * wy + 16 * wz  # byte of row (2wy, 2wz); +1: y + 1; +8: z + 1
+            acc = np.int64(0)  # set bits of window wx in nibble wx
+            for dr in (0, 1, 8, 9):
+                byte = r + dr
+                row = (np.int64(words[vb + (byte >> 2)]) >> (8 * (byte & 3))) & 0xFF
+                pairs = (row & 0x55) + ((row >> 1) & 0x55)  # 2-bit lanes: set bits per x pair
+                acc += (
+                    (pairs & 0x3)
+                    | ((pairs & 0xC) << 2)
+                    | ((pairs & 0x30) << 4)
+                    | ((pairs & 0xC0) << 6)
+                )
+            for wx in range(4):
+                c1 = (acc >> (4 * wx)) & 0xF
+                n0 = (8 - c1) if vote0 else 0
+                n1 = c1 if vote1 else 0
+                tie = lo if n0 > 0 else np.uint64(0)  # no votes at all: only uncounted zeros
+                win = v0 if n0 > n1 else v1
+                out[oz0 + wz, oy0 + wy, ox0 + wx] = tie if n0 == n1 else win
+
+
+@njit(cache=True, nogil=True)
 def _cseg_downsample_kernel(words, nz, ny, nx, out, oz, oy, ox, ignore_zero):
     """8^3-block cseg chunk of shape (nz, ny, nx) -> its vote at out[oz.., oy.., ox..].
     Returns _F_OK or _F_BAD (bounds are checked like decode_cseg's)."""
@@ -405,6 +438,9 @@ def _cseg_downsample_kernel(words, nz, ny, nx, out, oz, oy, ox, ignore_zero):
                                 out[oz0 + wz, oy0 + wy, ox0 + wx] = v
                     continue
                 vb = chan + voff
+                if bits == 1 and tsize >= 2 and ex == 8 and ey == 8 and ez == 8:
+                    _vote_block_1bit(words, vb, tb, out, oz0, oy0, ox0, ignore_zero)
+                    continue
                 vmask = (np.int64(1) << bits) - 1
                 for z in range(ez):
                     for y in range(ey):

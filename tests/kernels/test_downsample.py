@@ -242,3 +242,31 @@ def test_fused_cseg_vote_rejects_what_decode_rejects(vol, data):
         return
     downsample_cseg_chunk(bytes(enc), vol.shape, out)
     np.testing.assert_array_equal(out, downsample_labels(decoded))
+
+
+@pytest.mark.parametrize("method", ["mode", "dvid"])
+@pytest.mark.parametrize("table", [(7, 3), (0, 5), (5, 0), (9, 9)])
+def test_fused_vote_of_one_bit_blocks_with_any_table_order(method, table):
+    """The spec allows unsorted (and repeated) lookup tables: a hand-built 8^3 block with
+    1-bit indices and the table as given must vote like its decoded volume."""
+    from dvid2ng.kernels import decode_cseg
+    from dvid2ng.kernels.downsample import downsample_cseg_chunk
+
+    rng = np.random.default_rng(sum(table))
+    bits = (rng.random((8, 8, 8)) < rng.random()).astype(np.uint32).reshape(-1)  # x fastest
+    values = np.zeros(16, np.uint32)
+    for k, b in enumerate(bits):
+        values[k >> 5] |= np.uint32(b) << np.uint32(k & 31)
+    t = np.array(table, np.uint64)
+    words = np.concatenate(
+        [
+            np.array([1, 18 | (1 << 24), 2], np.uint32),  # channel offset; block header
+            values,
+            t.view(np.uint32),  # table at word 18 after the channel offset
+        ]
+    )
+    data = words.tobytes()
+    vol = decode_cseg(data, (8, 8, 8))
+    out = np.zeros((4, 4, 4), np.uint64)
+    downsample_cseg_chunk(data, (8, 8, 8), out, (0, 0, 0), method)
+    np.testing.assert_array_equal(out, downsample_labels(vol, method))
