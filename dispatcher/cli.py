@@ -127,6 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="libdeflate level of the gzipped chunk data (default 6; 1 is ~2x faster, ~15%% larger)",
     )
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    from dvid2ng.dispatcher.pyramid_run import add_arguments as add_pyramid_arguments
+
+    add_pyramid_arguments(run)  # --downres, --downsample-method, --only-missing
 
     demo = sub.add_parser(
         "demo", help="build a small synthetic DVID export, convert it, print how to view it"
@@ -218,6 +221,14 @@ def _main(argv: list[str] | None) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     import os
+
+    if args.downres is not None:
+        from dvid2ng.dispatcher.pyramid_run import cmd_run_pyramid
+
+        return cmd_run_pyramid(args)
+    if args.only_missing:
+        print("dvid2ng: error: --only-missing applies to --downres scales", file=sys.stderr)
+        return EXIT_USAGE
 
     from dvid2ng.dispatcher.embedded import prepare_state_dir, run_embedded
     from dvid2ng.dispatcher.plan import PlanError, check_spec, plan_transcode

@@ -292,7 +292,7 @@ def _run_locked(
         ).run(progress)
     elif progress is not None:
         progress(state.summary(plan.run_id))
-    rows = state.summary(plan.run_id)
+    rows = [r for r in state.summary(plan.run_id) if r.scale in plan.scales]  # this plan's
     planned = {t.key for t in plan.tasks}
     failed = [r for r in state.list(plan.run_id, status=ShardStatus.FAILED) if r.key in planned]
     finished = [r for r in rows if r.status.finished]

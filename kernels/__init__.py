@@ -1,4 +1,5 @@
-"""Numba kernels: DVID block decoding/transcoding, compressed_segmentation, Morton codes.
+"""Numba kernels: DVID block decoding/transcoding, compressed_segmentation, Morton codes,
+2x2x2 label downsampling.
 
 All hot loops are @njit(cache=True, nogil=True); the Python wrappers validate inputs and raise
 KernelError subclasses with precise messages. Call warm_up() once per process before timing
@@ -10,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from .cseg import decode_cseg, encode_cseg
+from .downsample import DOWNSAMPLE_METHODS, downsample_labels, downsampled_shape
 from .dvid_block import (
     MAX_BLOCK_VOXELS,
     decode_dvid_block,
@@ -21,6 +23,7 @@ from .errors import CorruptBlockError, CsegDecodeError, KernelError
 from .morton import compressed_morton_codes, shard_and_minishard
 
 __all__ = [
+    "DOWNSAMPLE_METHODS",
     "MAX_BLOCK_VOXELS",
     "CorruptBlockError",
     "CsegDecodeError",
@@ -28,6 +31,8 @@ __all__ = [
     "compressed_morton_codes",
     "decode_cseg",
     "decode_dvid_block",
+    "downsample_labels",
+    "downsampled_shape",
     "dvid_block_header",
     "dvid_block_table",
     "dvid_block_to_cseg",
@@ -65,6 +70,8 @@ def warm_up() -> None:
     dvid_block_to_cseg(blk)
     dvid_block_to_cseg(blk, np.array([1, 1, 0], np.uint64), (9, 16, 3))
     enc = encode_cseg(vol)
+    for method in DOWNSAMPLE_METHODS:
+        downsample_labels(vol[:, :, :15], method)
     decode_cseg(enc, vol.shape)
     codes = compressed_morton_codes(np.array([[1, 2, 3]], np.int64), (2, 2, 2))
     shard_and_minishard(codes, 1, 2, 3)

@@ -454,10 +454,12 @@ def _block_name(hdr: int, gx: int, gy: int) -> str:
     return f"block {hdr} (bx={bx},by={by},bz={bz})"
 
 
-def decode_cseg(data, shape_zyx, block_size=(8, 8, 8)) -> np.ndarray:
+def decode_cseg(data, shape_zyx, block_size=(8, 8, 8), out: np.ndarray | None = None) -> np.ndarray:
     """Decode a one-channel uint64 compressed_segmentation buffer into a ZYX volume of shape
     shape_zyx = (nz, ny, nx). block_size is (x, y, z). Raises CsegDecodeError on any bad
-    offset, bit width, index or truncation."""
+    offset, bit width, index or truncation. `out` (uint64, that shape, any strides, e.g. a
+    slice of a larger array) is filled instead of a new array; on error its content is
+    undefined."""
     try:
         shape = tuple(int(s) for s in shape_zyx)
     except (TypeError, ValueError):
@@ -485,7 +487,18 @@ def decode_cseg(data, shape_zyx, block_size=(8, 8, 8)) -> np.ndarray:
             f"compressed_segmentation data truncated: {gx * gy * gz} block headers need "
             f"{8 * gx * gy * gz + 4} bytes, buffer has {n}"
         )
-    out = np.empty(shape, dtype=np.uint64)
+    if out is None:
+        out = np.empty(shape, dtype=np.uint64)
+    elif (
+        not isinstance(out, np.ndarray)
+        or out.shape != shape
+        or out.dtype != np.uint64
+        or not out.flags.writeable
+    ):
+        raise CsegDecodeError(
+            f"out must be a writeable uint64 array of shape {shape}, got "
+            f"{getattr(out, 'shape', None)} {getattr(out, 'dtype', type(out).__name__)}"
+        )
     info = np.zeros(8, dtype=np.int64)
     st = _decode_kernel(words, nz, ny, nx, bsx, bsy, bsz, out, info)
     if st == _D_OK:

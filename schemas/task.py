@@ -14,6 +14,10 @@ from typing import Any
 SCHEMA_VERSION = 2
 LABEL_MODES = ("labels", "supervoxels")
 TASK_KINDS = ("transcode", "downsample")
+DOWNSAMPLE_METHODS = (
+    "mode",
+    "dvid",
+)  # kernels.downsample implements them (a test keeps both equal)
 MAX_MESSAGE_BYTES = 1_000_000  # Pub/Sub allows 10 MB; a task is a few hundred bytes
 
 
@@ -50,6 +54,7 @@ class ShardTask:
     tier: str = ""
     chunks_expected: int = 0
     memory_bytes: int = 0  # the planner's peak-memory estimate (0: unknown)
+    downsample_method: str = ""  # "mode" or "dvid" for kind "downsample", "" otherwise
     schema_version: int = SCHEMA_VERSION
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -111,6 +116,15 @@ class ShardTask:
             problems.append(f"kind {self.kind!r} not in {TASK_KINDS}")
         if self.kind == "transcode" and len(self.sources) != 1:
             problems.append(f"a transcode task needs exactly 1 source, got {len(self.sources)}")
+        if self.kind == "downsample":
+            if self.scale < 1:
+                problems.append("a downsample task builds scale 1 or higher (from the scale above)")
+            if self.downsample_method not in DOWNSAMPLE_METHODS:
+                problems.append(
+                    f"downsample_method {self.downsample_method!r} not in {DOWNSAMPLE_METHODS}"
+                )
+        elif self.downsample_method:
+            problems.append(f"downsample_method is only for downsample tasks, got {self.kind!r}")
         if self.label_mode not in LABEL_MODES:
             problems.append(f"label_mode {self.label_mode!r} not in {LABEL_MODES}")
         if self.z_compress not in (0, 1, 3, 7, 15, 31, 63):
@@ -167,6 +181,7 @@ def task_json_schema() -> dict[str, Any]:
             "tier": {"type": "string"},
             "chunks_expected": {"type": "integer", "minimum": 0},
             "memory_bytes": {"type": "integer", "minimum": 0},
+            "downsample_method": {"enum": ["", *DOWNSAMPLE_METHODS]},
             "extra": {"type": "object"},
         },
     }

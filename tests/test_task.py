@@ -81,3 +81,18 @@ def test_invalid_fields(field, value, fragment):
 def test_transcode_needs_one_source():
     with pytest.raises(TaskError, match="exactly 1 source"):
         _task(sources=()).to_json()
+
+
+def test_downsample_task_round_trip_and_rules():
+    from dvid2ng.kernels.downsample import DOWNSAMPLE_METHODS
+    from dvid2ng.schemas.task import DOWNSAMPLE_METHODS as TASK_METHODS
+
+    assert TASK_METHODS == DOWNSAMPLE_METHODS
+    t = _task(scale=1, kind="downsample", sources=(), downsample_method="dvid")
+    assert ShardTask.from_json(t.to_json()) == t
+    with pytest.raises(TaskError, match="downsample_method"):
+        _task(scale=1, kind="downsample", sources=()).validate()
+    with pytest.raises(TaskError, match="scale 1 or higher"):
+        _task(scale=0, kind="downsample", sources=(), downsample_method="mode").validate()
+    with pytest.raises(TaskError, match="only for downsample"):
+        _task(downsample_method="mode").validate()

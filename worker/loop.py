@@ -50,6 +50,7 @@ from dvid2ng.backends.base import (
 from dvid2ng.schemas.spec import VolumeSpec
 from dvid2ng.schemas.task import ShardTask, TaskError, UnsupportedTask
 from dvid2ng.schemas.tiers import next_tier
+from dvid2ng.worker.downsample import downsample_task
 from dvid2ng.worker.errors import Fenced, InputError, Interrupted, is_disk_full
 from dvid2ng.worker.memory import peak_rss_bytes, reset_peak_rss
 from dvid2ng.worker.output import ScaleStore, io_context, read_info
@@ -357,17 +358,18 @@ class Worker:
         return self._finished(delivery, task, token, outcome, bound)
 
     def _run_task(self, task, progress, stop, fence) -> ShardOutcome:
-        store = self._store(task)
-        if task.kind == "transcode":
-            return transcode_shard(
-                task,
-                store,
-                gzip_level=self.gzip_level,
-                on_progress=progress,
-                should_stop=stop,
-                fence=fence,
-            )
-        raise InputError(f"task kind {task.kind!r} has no converter in this worker")
+        converters = {"transcode": transcode_shard, "downsample": downsample_task}
+        convert = converters.get(task.kind)
+        if convert is None:
+            raise InputError(f"task kind {task.kind!r} has no converter in this worker")
+        return convert(
+            task,
+            self._store(task),
+            gzip_level=self.gzip_level,
+            on_progress=progress,
+            should_stop=stop,
+            fence=fence,
+        )
 
     def _finished(
         self, delivery: Delivery, task: ShardTask, token: int, out: ShardOutcome, bound: Any

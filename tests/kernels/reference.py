@@ -250,3 +250,34 @@ def decode_cseg_pypi(data: bytes, shape_zyx) -> np.ndarray:
     nz, ny, nx = shape_zyx
     xyz = cs.decompress(bytes(data), (nx, ny, nz), np.uint64, (8, 8, 8), order="C")
     return np.asarray(xyz).reshape(nx, ny, nz).transpose(2, 1, 0)
+
+
+# --------------------------------------------------------------------------------------
+# 2x2x2 label downsampling (§9)
+
+
+def vote_reference(values, method: str) -> int:
+    """The winner of one window's values: `mode` = most frequent, ties to the smallest;
+    `dvid` = the same among non-zero values, 0 only when every value is 0."""
+    counts: dict[int, int] = {}
+    for v in values:
+        v = int(v)
+        if method == "dvid" and v == 0:
+            continue
+        counts[v] = counts.get(v, 0) + 1
+    if not counts:
+        return 0
+    top = max(counts.values())
+    return min(v for v, c in counts.items() if c == top)
+
+
+def downsample_reference(vol: np.ndarray, method: str = "mode") -> np.ndarray:
+    """2x2x2 downsampling one window at a time; edge windows use the voxels that exist."""
+    nz, ny, nx = vol.shape
+    out = np.zeros(((nz + 1) // 2, (ny + 1) // 2, (nx + 1) // 2), dtype=np.uint64)
+    for z in range(out.shape[0]):
+        for y in range(out.shape[1]):
+            for x in range(out.shape[2]):
+                window = vol[2 * z : 2 * z + 2, 2 * y : 2 * y + 2, 2 * x : 2 * x + 2]
+                out[z, y, x] = vote_reference(window.reshape(-1), method)
+    return out
