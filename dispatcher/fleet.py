@@ -43,6 +43,15 @@ def _add_state(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _downres(text: str) -> list[int]:
+    from dvid2ng.dispatcher.pyramid import parse_downres
+
+    try:
+        return parse_downres(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def add_parsers(sub: Any) -> None:
     from dvid2ng.dispatcher.cli import RawHelp, _positive, _scales
 
@@ -80,6 +89,18 @@ def add_parsers(sub: Any) -> None:
     pub.add_argument("--supervoxels", action="store_true")
     pub.add_argument(
         "--dry-run", action="store_true", help="print the tier table and cost; publish nothing"
+    )
+    pub.add_argument(
+        "--downres",
+        type=_downres,
+        default=None,
+        metavar="1,2,3|1-9",
+        help="then build these scales by downsampling, in order: each is published once the "
+        "scale above is finished and checked (this command waits, showing progress)",
+    )
+    pub.add_argument("--downsample-method", choices=["mode", "dvid"], default="mode")
+    pub.add_argument(
+        "--poll-seconds", type=float, default=10.0, metavar="S", help="--downres: state polls"
     )
     pub.add_argument(
         "--republish",
@@ -251,34 +272,62 @@ def print_dry_run(plan) -> None:
 
 
 def cmd_publish(args) -> int:
-    from dvid2ng.dispatcher.plan import PlanError, check_spec, plan_transcode
-    from dvid2ng.dispatcher.resume import plan_publish
-    from dvid2ng.worker.loop import CLOUD_TIMING
-    from dvid2ng.worker.output import OutputError, write_info
+    from dvid2ng.dispatcher.plan import (
+        Plan,
+        PlanError,
+        check_spec,
+        normalized_dest,
+        plan_transcode,
+        run_id_for,
+    )
+    from dvid2ng.dispatcher.pyramid import check_downres_scales
 
+    label_mode = "supervoxels" if args.supervoxels else "labels"
     try:
         spec = check_spec(args.spec)
-        plan = plan_transcode(
-            args.source,
-            args.dest,
-            spec,
-            scales=args.scales,
-            label_mode="supervoxels" if args.supervoxels else "labels",
-        )
+        if args.downres:
+            check_downres_scales(spec, args.downres)
+            both = set(args.downres) & set(args.scales or [])
+            if both:
+                raise PlanError(f"scale(s) {sorted(both)} are in both --scales and --downres")
+        if args.downres and args.scales is None:  # only the pyramid: nothing to export
+            dest = normalized_dest(args.dest)
+            run_id = run_id_for(args.source, dest, spec, label_mode)
+            plan = Plan(run_id, args.source, dest, spec, label_mode, [])
+        else:
+            plan = plan_transcode(
+                args.source, args.dest, spec, scales=args.scales, label_mode=label_mode
+            )
     except PlanError as e:
         raise UsageError(str(e)) from None
     for note in plan.notes:
         print(f"dvid2ng publish: note: {note}", file=sys.stderr)
     if args.dry_run:
         print_dry_run(plan)
+        if args.downres:
+            print(f"  then scales {args.downres} by downsampling, each planned once its parent is")
         return EXIT_OK
     queue, state = _queue(args), _state(args)
+    _start_run(plan, state)
+    if plan.tasks:
+        _publish_plan(args, plan, queue, state, "")
+    print(plan.run_id)  # for scripts: `RUN=$(dvid2ng publish ...)`
+    sys.stdout.flush()
+    for s in args.downres or []:
+        code = _publish_downres_scale(args, plan, s, queue, state)
+        if code != EXIT_OK:
+            return code
+    return EXIT_OK
+
+
+def _start_run(plan, state) -> None:
+    from dvid2ng.dispatcher.plan import source_name
+    from dvid2ng.worker.output import OutputError, write_info
+
     try:
         write_info(plan.dest, plan.spec.info())
     except (OutputError, ValueError) as e:
         raise UsageError(f"cannot write {plan.dest}/info: {e}") from None
-    from dvid2ng.dispatcher.plan import source_name
-
     state.put_run(
         plan.run_id,
         {
@@ -289,6 +338,12 @@ def cmd_publish(args) -> int:
             "unplanned_scales": plan.unplanned_scales,
         },
     )
+
+
+def _publish_plan(args, plan, queue, state, what: str) -> None:
+    from dvid2ng.dispatcher.resume import plan_publish
+    from dvid2ng.worker.loop import CLOUD_TIMING
+
     todo = plan_publish(
         plan,
         state,
@@ -303,16 +358,65 @@ def cmd_publish(args) -> int:
         queue.publish_many(tier, messages)
     per_tier = ", ".join(f"{len(m)} on {t}" for t, m in todo.by_tier.items()) or "none"
     print(
-        f"run {plan.run_id}: published {todo.messages} shard messages ({per_tier}); "
+        f"run {plan.run_id}{what}: published {todo.messages} shard messages ({per_tier}); "
         f"{todo.kept} finished earlier (files checked), {todo.in_flight} in flight, "
         f"{todo.queued_before} queued by an earlier publish"
         + (f", {todo.present} already present (--only-missing)" if args.only_missing else ""),
         file=sys.stderr,
     )
     note = plan.missing_scales_note()
-    if note:
+    if note and not args.downres:
         print(f"  note: {note}", file=sys.stderr)
-    print(plan.run_id)  # for scripts: `RUN=$(dvid2ng publish ...)`
+
+
+def wait_for_scale(state, run_id: str, scale: int, poll_seconds: float) -> dict:
+    """Poll the state until no shard of `scale` is queued or running; returns the counts."""
+    import time
+
+    from dvid2ng.backends.base import ShardStatus
+
+    last = ""
+    while True:
+        rows = [r for r in state.summary(run_id) if r.scale == scale]
+        n = {st: sum(r.shards for r in rows if r.status is st) for st in ShardStatus}
+        line = (
+            f"  s{scale}: {n[ShardStatus.DONE] + n[ShardStatus.EMPTY]} finished, "
+            f"{n[ShardStatus.RUNNING]} running, {n[ShardStatus.QUEUED]} queued, "
+            f"{n[ShardStatus.FAILED]} failed"
+        )
+        if line != last:
+            print(line, file=sys.stderr, flush=True)
+            last = line
+        if n[ShardStatus.QUEUED] == 0 and n[ShardStatus.RUNNING] == 0:
+            return n
+        time.sleep(poll_seconds)
+
+
+def _publish_downres_scale(args, plan, s: int, queue, state) -> int:
+    """Wait for scale s-1, check it, plan scale s from its shard files and publish it."""
+    from dvid2ng.backends.base import ShardStatus
+    from dvid2ng.dispatcher.pyramid import plan_downsample_scale, scale_plan_as_plan
+
+    counts = wait_for_scale(state, plan.run_id, s - 1, args.poll_seconds)
+    if counts[ShardStatus.FAILED]:
+        print(
+            f"dvid2ng publish: s{s - 1} has {counts[ShardStatus.FAILED]} failed shards; not "
+            f"building s{s} on it (see `dvid2ng errors --run {plan.run_id}`)",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
+    sp = plan_downsample_scale(
+        plan, s, method=args.downsample_method, only_missing=args.only_missing
+    )
+    if sp.parent_shards == 0:
+        print(f"dvid2ng publish: s{s - 1} holds no shard files: s{s} stays empty", file=sys.stderr)
+        return EXIT_OK
+    sub = scale_plan_as_plan(plan, sp)
+    _publish_plan(args, sub, queue, state, f" s{s}")
+    if s == max(args.downres):
+        counts = wait_for_scale(state, plan.run_id, s, args.poll_seconds)
+        if counts[ShardStatus.FAILED]:
+            return EXIT_FAILED
     return EXIT_OK
 
 

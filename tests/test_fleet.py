@@ -403,3 +403,29 @@ def test_a_shard_that_kills_its_worker_every_time_climbs_every_tier_to_the_dlq(
     others = [r for r in state.list(run_id) if r.key != doomed]
     assert all(r.status is ShardStatus.DONE for r in others)
     assert not (dest / "s0" / f"{doomed.split('/')[1]}.shard").exists()
+
+
+def test_publish_downres_builds_the_pyramid_scale_after_scale(tmp_path, urls, capsys):
+    """`publish --scales 0 --downres 1-2`: s0 published, finished by the workers and checked,
+    then s1 planned from s0's shard files and published, then s2; every scale equals the
+    mode-downsampled reference."""
+    from tests.pyramid_helpers import reference_pyramid
+    from tests.test_pyramid_cli import make_s0_export
+
+    source, spec_path, _, bodies = make_s0_export(tmp_path, (140, 100, 75), [64, 32, 16])
+    dest = tmp_path / "vol"
+    workers = [worker(stderr=subprocess.DEVNULL) for _ in range(2)]
+    try:
+        argv = ["publish", str(source), str(dest), "--spec", str(spec_path), "--scales", "0",
+                "--downres", "1-2", "--poll-seconds", "0.5"]  # fmt: skip
+        assert main(argv) == 0
+    finally:
+        for w in workers:
+            w.send_signal(signal.SIGTERM)
+        for w in workers:
+            assert w.wait(30) == 0
+    err = capsys.readouterr().err
+    assert " s1: published" in err and " s2: published" in err
+    want = reference_pyramid(bodies, 3)
+    for s in range(3):
+        np.testing.assert_array_equal(read_scale_tensorstore(str(dest), s), want[s])
