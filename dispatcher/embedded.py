@@ -267,16 +267,7 @@ def _run_locked(
     state = open_state(state_dir)
     queue = SqliteQueue(queue_path, max_delivery_attempts=attempts_per_tier)
     try:
-        state.put_run(
-            plan.run_id,
-            {
-                "source": source_name(plan.source),
-                "dest": plan.dest,
-                "label_mode": plan.label_mode,
-                "scales": plan.scales,
-                "unplanned_scales": plan.unplanned_scales,
-            },
-        )
+        state.put_run(plan.run_id, plan.run_config())
         state.plan(plan.records())
         release_orphans(state, plan.run_id)  # we hold DEST's lock: no worker of it is alive
         todo = plan_publish(plan, state, queue.tiers, stale_after_s=0.0)

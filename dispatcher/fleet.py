@@ -321,23 +321,13 @@ def cmd_publish(args) -> int:
 
 
 def _start_run(plan, state) -> None:
-    from dvid2ng.dispatcher.plan import source_name
     from dvid2ng.worker.output import OutputError, write_info
 
     try:
         write_info(plan.dest, plan.spec.info())
     except (OutputError, ValueError) as e:
         raise UsageError(f"cannot write {plan.dest}/info: {e}") from None
-    state.put_run(
-        plan.run_id,
-        {
-            "source": source_name(plan.source),
-            "dest": plan.dest,
-            "label_mode": plan.label_mode,
-            "scales": plan.scales,
-            "unplanned_scales": plan.unplanned_scales,
-        },
-    )
+    state.put_run(plan.run_id, plan.run_config())
 
 
 def _publish_plan(args, plan, queue, state, what: str) -> None:

@@ -52,6 +52,16 @@ class Plan:
     def total_chunks(self) -> int:
         return sum(t.chunks_expected for t in self.tasks)
 
+    def run_config(self) -> dict[str, object]:
+        """What the state records of the run (status and operators read it)."""
+        return {
+            "source": source_name(self.source),
+            "dest": self.dest,
+            "label_mode": self.label_mode,
+            "scales": self.scales,
+            "unplanned_scales": self.unplanned_scales,
+        }
+
     def missing_scales_note(self) -> str | None:
         """The line that says which scales of the spec this run leaves without data."""
         if not self.unplanned_scales:
