@@ -52,7 +52,7 @@ locals {
                   # Shrink slowly: an instance stopped mid-shard releases it (SIGTERM) and the
                   # shard is redone elsewhere, so avoid flapping on Monitoring's 2-3 min lag.
                   scaleDown = {
-                    stabilizationWindowSeconds = 600
+                    stabilizationWindowSeconds = 300
                     policies = [
                       { type = "Percent", value = 50, periodSeconds = 120 },
                     ]
