@@ -276,3 +276,50 @@ def test_entrypoint_needs_a_queue_and_a_state(tmp_path):
         )
         assert done.returncode == 2, (name, done.returncode, done.stderr[-2000:])
         assert name in done.stderr, done.stderr[-2000:]
+
+
+@pytest.mark.timeout(300)
+def test_entrypoint_runs_from_the_pool_environment_and_stops_on_sigterm(tmp_path):
+    """The container as Cloud Run starts it: the entrypoint, no arguments, the worker pool's
+    environment (terraform/workers.tf) pointed at the emulators. It must come up and, on
+    SIGTERM (scale-in, deploy), exit 0 well inside Cloud Run's 10 s."""
+    import signal
+    import time
+
+    from tests.infra.emulators import google_emulators
+
+    require_worker_command()
+    project = "dvid2ng-entrypoint"
+    with google_emulators(tmp_path, project) as emu:
+        env = _entrypoint_env(tmp_path, **emu)
+        env["DVID2NG_QUEUE"] = env["DVID2NG_QUEUE"].replace("dvid2ng-ci", project)
+        env["DVID2NG_STATE"] = env["DVID2NG_STATE"].replace("dvid2ng-ci", project)
+        created = subprocess.run(
+            [sys.executable, "-m", "dvid2ng.dispatcher.cli", "queues", "create"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert created.returncode == 0, created.stderr[-2000:]
+        log = (tmp_path / "worker.log").open("w")
+        worker = subprocess.Popen(
+            FINAL.entrypoint(),
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            time.sleep(15)  # imports, cached kernels, first pull
+            assert worker.poll() is None, (tmp_path / "worker.log").read_text()[-3000:]
+            worker.send_signal(signal.SIGTERM)
+            t0 = time.monotonic()
+            code = worker.wait(timeout=30)
+            took = time.monotonic() - t0
+        finally:
+            if worker.poll() is None:
+                os.killpg(worker.pid, signal.SIGKILL)
+                worker.wait()
+        assert code == 0, (tmp_path / "worker.log").read_text()[-3000:]
+        assert took < 10, f"took {took:.1f} s to stop after SIGTERM"
