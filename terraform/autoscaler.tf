@@ -135,6 +135,10 @@ resource "google_parameter_manager_parameter_version" "autoscaler" {
 
   lifecycle {
     create_before_destroy = true
+    precondition {
+      condition     = alltrue([for k in keys(var.max_instances) : contains(keys(local.tiers), k)])
+      error_message = "max_instances names a tier fleet.json does not have; tiers: ${join(", ", keys(local.tiers))}."
+    }
   }
 }
 

@@ -57,6 +57,10 @@ resource "google_cloud_run_v2_worker_pool" "tier" {
   }
 
   lifecycle {
+    precondition {
+      condition     = alltrue([for k in keys(var.instance_counts) : contains(keys(local.tiers), k)])
+      error_message = "instance_counts names a tier fleet.json does not have; tiers: ${join(", ", keys(local.tiers))}."
+    }
     ignore_changes = [
       scaling[0].manual_instance_count,
       client,

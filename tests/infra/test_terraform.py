@@ -154,6 +154,17 @@ def test_instance_counts_start_at_zero_and_belong_to_the_scaler(tf):
     assert pools["t2gi"]["scaling"]["manual_instance_count"] == 0
 
 
+def test_per_tier_settings_must_name_real_tiers():
+    bad = load(FULL_VARS.read_text() + "\ninstance_counts = { t3gi = 1 }\n")
+    pool = bad.instances("google_cloud_run_v2_worker_pool", "tier")[TIERS[0].name]
+    assert pool["lifecycle"]["precondition"]["condition"] is False
+    assert "t3gi" not in pool["lifecycle"]["precondition"]["error_message"]  # lists the real ones
+    assert TIERS[0].name in pool["lifecycle"]["precondition"]["error_message"]
+    bad = load(FULL_VARS.read_text().replace("t32gi = 10", "t33gi = 10"))
+    (version,) = bad.blocks("google_parameter_manager_parameter_version")
+    assert version["lifecycle"]["precondition"]["condition"] is False
+
+
 def test_without_an_image_nothing_runs_and_nothing_can_scale(minimal):
     assert minimal.instances("google_cloud_run_v2_worker_pool", "tier") == {}
     for kind in (
@@ -201,6 +212,8 @@ def test_dead_letter_chain_climbs_every_tier_then_ends_in_the_terminal_topic(tf)
         assert len(seen) <= len(TIERS)
     assert seen == [topic_name(PREFIX, t.name) for t in TIERS]
     # Dead letters are kept: the terminal topic has a subscription, which forwards nowhere.
+    assert 600 <= ps["message_retention_seconds"] <= ps["terminal_message_retention_seconds"]
+    assert ps["terminal_message_retention_seconds"] <= 31 * 86400  # Pub/Sub's maximum
     term_sub = tf.one("google_pubsub_subscription.terminal")
     assert term_sub["topic"] == terminal["id"]
     assert "dead_letter_policy" not in term_sub

@@ -17,8 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 REPO = Path(__file__).resolve().parents[2]
 TERRAFORM = REPO / "terraform"
 FULL_VARS = Path(__file__).with_name("full.tfvars")
@@ -105,7 +103,8 @@ def load(
 ) -> Config:
     """Parse terraform/ with `tfvars` (text; default full.tfvars) and, when `fleet` is given, a
     replacement fleet.json (the configuration is copied beside a patched schemas/json)."""
-    tfparse = pytest.importorskip("tfparse", reason="tfparse is a dev dependency")
+    import tfparse  # a dev dependency: missing it is an error, not a skip
+
     text = FULL_VARS.read_text() if tfvars is None else tfvars
     with tempfile.TemporaryDirectory(prefix="tfparse-") as tmp:
         if fleet is not None:
