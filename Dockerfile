@@ -22,9 +22,10 @@ RUN python -m venv /opt/dvid2ng && /opt/dvid2ng/bin/pip install .
 
 FROM python:3.11-slim-bookworm
 # Numba caches compiled kernels per CPU target: pin one (not the build host's CPU) so the cache
-# warmed here is the one Cloud Run's machines use. x86-64-v3 = AVX2/FMA/BMI2 (Haswell, Zen and
-# later); see bench/bench_numba_cache.py for what each target costs.
-ARG NUMBA_CPU_NAME=x86-64-v3
+# warmed here is the one Cloud Run's machines use. x86-64-v2 (SSE4.2, POPCNT) runs on every
+# x86-64 server CPU since 2009; the kernels measured no slower than with the host's own CPU
+# (bench/bench_numba_cache.py, docs/performance.md). --build-arg NUMBA_CPU_NAME=x86-64-v3 for AVX2.
+ARG NUMBA_CPU_NAME=x86-64-v2
 ENV PATH=/opt/dvid2ng/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \

@@ -68,10 +68,20 @@ def env_name(what: str) -> str:
 
 
 # --- Firestore indexes ------------------------------------------------------------------------
-# fleet.json "firestore.indexes" lists the composite indexes; Terraform creates them
-# (google_firestore_index, for_each). The emulator never enforces indexes, so a query without its
-# index only fails in the cloud ("The query requires an index"): every query the state backend
-# makes is declared as a FirestoreQuery and a test checks that fleet.json has the index it needs.
+# fleet.json "firestore.indexes" lists the composite indexes; Terraform creates one
+# google_firestore_index per entry (terraform/firestore.tf). Each entry:
+#   {"collection": "shards", "query_scope": "COLLECTION",            # or "COLLECTION_GROUP"
+#    "fields": [{"field_path": "run", "order": "ASCENDING"},          # equality fields first,
+#               {"field_path": "status", "order": "ASCENDING"},       # then the range / order-by /
+#               {"field_path": "chunks", "order": "ASCENDING"}]}      # aggregated field(s)
+# (a field may have "array_config": "CONTAINS" instead of "order"; Firestore appends __name__).
+# "firestore.single_field_exemptions": [{"collection": "shards", "field": "heartbeat"}] turns off
+# the automatic single-field indexes of a field (google_firestore_field, empty index_config).
+# The emulator never enforces indexes, so a query without its index only fails in the cloud
+# ("The query requires an index"): the state backend declares every query shape it sends as a
+# FirestoreQuery in a module-level FIRESTORE_QUERIES of its dvid2ng.backends module, and
+# tests/infra/test_firestore_indexes.py checks each has its index here (uncovered_queries prints
+# the entry to add).
 
 ORDERS = ("ASCENDING", "DESCENDING")
 QUERY_SCOPES = ("COLLECTION", "COLLECTION_GROUP")
