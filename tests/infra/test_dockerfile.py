@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from dvid2ng.schemas.fleet import env_name
 from tests.infra.dockerfile import REPO, parse
 
 FINAL = parse()[-1]
@@ -224,17 +225,28 @@ def test_a_cache_warmed_for_another_cpu_target_is_not_used(tmp_path, warm_cache)
 # --- the entrypoint's environment (needs `dvid2ng worker`, issue 6) ---------------------------------
 
 
-def _entrypoint_env(tmp_path: Path, **overrides: str) -> dict[str, str]:
+def _entrypoint_env(tmp_path: Path, backend: str = "sqlite", **overrides: str) -> dict[str, str]:
+    """The first tier's worker pool environment from terraform/ (tfparse), with the queue and
+    state on SQLite in tmp_path (backend="sqlite") or as Terraform gives them ("google")."""
     from tests.infra.tfconfig import load
 
     pools = load().instances("google_cloud_run_v2_worker_pool", "tier")
     first = next(iter(sorted(pools.values(), key=lambda p: p["name"])))
     env = {e["name"]: e["value"] for e in first["template"]["containers"]["env"]}
+    # Never let a client reach Google: without an emulator the hosts point at a closed port.
+    env |= {"PUBSUB_EMULATOR_HOST": "127.0.0.1:9", "FIRESTORE_EMULATOR_HOST": "127.0.0.1:9"}
+    if backend == "sqlite":
+        (tmp_path / "fleet").mkdir(exist_ok=True)
+        env[env_name("queue")] = env[env_name("state")] = f"sqlite:///{tmp_path / 'fleet'}"
     env.update(overrides)
     return {**image_env(tmp_path / "cache"), **env}
 
 
-def require_worker_command() -> None:
+def require_worker_command(google: bool = False) -> None:
+    """xfail (so these tests turn on by themselves) until `dvid2ng worker` and, with google,
+    the backends it opens for pubsub:// and firestore:// URLs (the fleet issue, #6) are here."""
+    import importlib.util
+
     done = subprocess.run(
         [sys.executable, "-m", "dvid2ng.dispatcher.cli", "worker", "--help"],
         capture_output=True,
@@ -242,6 +254,15 @@ def require_worker_command() -> None:
     )
     if done.returncode != 0:
         pytest.xfail("`dvid2ng worker` (the fleet issue, #6) is not on this branch yet")
+    if not google:
+        return
+    missing = [
+        m
+        for m in ("dvid2ng.backends.pubsub_queue", "dvid2ng.backends.firestore_state")
+        if importlib.util.find_spec(m) is None
+    ]
+    if missing:
+        pytest.xfail(f"the Google backends {missing} (the fleet issue, #6) are not here yet")
 
 
 @pytest.mark.parametrize(
@@ -249,7 +270,14 @@ def require_worker_command() -> None:
     [
         ("DVID2NG_TIER", "t3gi"),
         ("DVID2NG_MEMORY_BUDGET_BYTES", "lots"),
-        ("DVID2NG_THREADS", "0"),
+        pytest.param(
+            "DVID2NG_THREADS",
+            "0",
+            marks=pytest.mark.xfail(
+                reason="`dvid2ng worker` does not read DVID2NG_THREADS yet (the contract: threads "
+                "default to $DVID2NG_THREADS, else the cgroup CPU quota)"
+            ),
+        ),
         ("DVID2NG_QUEUE", "sqs://nowhere"),
     ],
 )
@@ -279,19 +307,24 @@ def test_entrypoint_needs_a_queue_and_a_state(tmp_path):
 
 
 @pytest.mark.timeout(300)
-def test_entrypoint_runs_from_the_pool_environment_and_stops_on_sigterm(tmp_path):
+@pytest.mark.parametrize("backend", ["sqlite", "google"])
+def test_entrypoint_runs_from_the_pool_environment_and_stops_on_sigterm(tmp_path, backend):
     """The container as Cloud Run starts it: the entrypoint, no arguments, the worker pool's
     environment (terraform/workers.tf) pointed at the emulators. It must come up and, on
     SIGTERM (scale-in, deploy), exit 0 well inside Cloud Run's 10 s."""
+    import contextlib
     import signal
     import time
 
     from tests.infra.emulators import google_emulators
 
-    require_worker_command()
+    require_worker_command(google=backend == "google")
     project = "dvid2ng-entrypoint"
-    with google_emulators(tmp_path, project) as emu:
-        env = _entrypoint_env(tmp_path, **emu)
+    with contextlib.ExitStack() as stack:
+        emu = (
+            stack.enter_context(google_emulators(tmp_path, project)) if backend == "google" else {}
+        )
+        env = _entrypoint_env(tmp_path, backend, **emu)
         env["DVID2NG_QUEUE"] = env["DVID2NG_QUEUE"].replace("dvid2ng-ci", project)
         env["DVID2NG_STATE"] = env["DVID2NG_STATE"].replace("dvid2ng-ci", project)
         created = subprocess.run(
