@@ -264,11 +264,9 @@ def print_dry_run(plan) -> None:
             f"  {r['tier']:<6} {r['memory_gib']:>5} Gi {r['vcpu']:>4} {r['shards']:>8,} "
             f"{r['chunks']:>14,} {r['max_estimate_gib']:>6.2f} Gi"
         )
-    try:
-        from dvid2ng.dispatcher.cost import estimate_plan_cost
-    except ImportError:
-        return
-    print(estimate_plan_cost(plan).render())
+    from dvid2ng.dispatcher.cost import estimate_cost, format_estimate, summary_from_plan
+
+    print(format_estimate(estimate_cost(summary_from_plan(plan))))
 
 
 def cmd_publish(args) -> int:

@@ -100,7 +100,9 @@ def test_wheel_contains_only_the_dvid2ng_package(tmp_path):
     shutil.copytree(
         REPO_ROOT,
         src,
-        ignore=shutil.ignore_patterns(".venv", ".git", "build", "*.egg-info", "__pycache__"),
+        ignore=shutil.ignore_patterns(
+            ".venv", ".tools", ".git", "build", "*.egg-info", "__pycache__"
+        ),
     )
     out = subprocess.run(
         [

@@ -122,13 +122,20 @@ def gcs_volume(tmp_path_factory, volume):
 
 @pytest.fixture(scope="module")
 def blank_volume(tmp_path_factory):
-    from dvid2ng.dvidexport.writer import write_export
+    """Every scale exported as one file of all-background blocks (what DVID wrote before it
+    skipped zero blocks): converted, recorded empty, no shard file at all."""
+    from dvid2ng.dvidexport.writer import write_export_file
 
     root = tmp_path_factory.mktemp("view-blank")
     export = make_export(root, seed=11, spec_json=SPEC)  # for its spec file
     shutil.rmtree(export.source)
-    zeros = {s: np.zeros_like(v) for s, v in export.bodies.items()}
-    write_export(export.source, export.spec, zeros)
+    solid_zero = (8).to_bytes(4, "little") * 3 + (1).to_bytes(4, "little") + bytes(8)
+    zero = np.zeros(1, np.uint64)
+    for s in export.bodies:
+        folder = export.source / f"s{s}"
+        folder.mkdir(parents=True)
+        records = [(0, 0, 0, zero, zero, solid_zero)]
+        write_export_file(folder / "0_0_0.arrow", folder / "0_0_0.csv", records)
     return _convert(root, export)
 
 
