@@ -35,6 +35,7 @@ The client library honours `FIRESTORE_EMULATOR_HOST`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -355,10 +356,8 @@ class FirestoreStateStore:
         with self._lock:
             clients, self._clients = self._clients, None
         if clients is not None and clients[0] == os.getpid():
-            try:
+            with contextlib.suppress(Exception):  # closing is best effort
                 clients[1].close()
-            except Exception:  # closing is best effort
-                pass
 
     # -- references -------------------------------------------------------------------------
 

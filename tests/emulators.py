@@ -22,6 +22,7 @@ the emulator variable for this test and any process it spawns, and return a fres
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import shutil
@@ -69,7 +70,9 @@ class Kind:
 
     def container_command(self) -> str:
         if self.name == "pubsub":
-            return f"gcloud beta emulators pubsub start --host-port=0.0.0.0:{self.container_port}"
+            return (  # as testcontainers' PubSubContainer runs it
+                f"gcloud beta emulators pubsub start --host-port=0.0.0.0:{self.container_port}"
+            )
         return (
             "gcloud emulators firestore start --database-mode=firestore-native "
             f"--host-port=0.0.0.0:{self.container_port}"
@@ -217,6 +220,7 @@ class LocalEmulator(Emulator):
                 env=env,
                 cwd=workdir,
             )
+        atexit.register(self.stop)  # also when the session dies before its teardown
         try:
             self.startup_s = _wait_ready(
                 kind, self.host, lambda: self.proc.poll() is None, self.log_tail
@@ -286,39 +290,53 @@ class ContainerEmulator(Emulator):
             self.container.stop()
 
 
-def make_container(kind: Kind, image: str = IMAGE):
-    """The testcontainers container for `kind` (not started)."""
-    if kind.name == "pubsub":
-        from testcontainers.community.google import PubSubContainer
+def container_spec(kind: Kind, image: str = IMAGE) -> tuple[str, str, int]:
+    """(image, command, port) of the container that runs `kind`."""
+    return image, kind.container_command(), kind.container_port
 
-        return PubSubContainer(image=image, port=kind.container_port)
+
+def make_container(kind: Kind, image: str = IMAGE):
+    """The testcontainers container for `kind` (not started). A plain DockerContainer for
+    both: testcontainers' own PubSubContainer cannot even be imported without
+    google-cloud-datastore (its package imports the Datastore container too). Creating one
+    already asks the Docker engine for its API version."""
     from testcontainers.core.container import DockerContainer
 
+    image, command, port = container_spec(kind, image)
     container = DockerContainer(image)
-    container.with_exposed_ports(kind.container_port)
-    container.with_command(kind.container_command())
+    container.with_exposed_ports(port)
+    container.with_command(command)
     return container
 
 
-def start_emulator(kind: Kind, workdir: Path) -> Emulator:
-    """Start `kind` locally, else through Docker, else raise EmulatorUnavailable."""
+def choose_runner(kind: Kind) -> tuple[str, Path | None]:
+    """("local", binary) where the binary and java are installed, else ("container", None)
+    where a Docker engine answers, else EmulatorUnavailable naming what is missing."""
     binary = find_binary(kind)
-    java = shutil.which("java")
-    if binary is not None and java is not None:
-        return LocalEmulator(kind, binary, workdir)
+    if binary is not None and shutil.which("java") is not None:
+        return "local", binary
+    if docker_available():
+        return "container", None
     missing = (
         f"the {kind.name} emulator binary ({kind.binary} under "
         f"{', '.join(str(r) for r in sdk_roots())})"
         if binary is None
         else "java (the emulators are Java programs)"
     )
-    if docker_available():
-        return ContainerEmulator(kind)
+    component = "pubsub-emulator beta" if kind.name == "pubsub" else "cloud-firestore-emulator"
     raise EmulatorUnavailable(
-        f"{missing} is not installed and no Docker engine answers: install the Google Cloud "
-        f"CLI component (gcloud components install {kind.name}-emulator"
-        f"{' beta' if kind.name == 'pubsub' else ''}) or start Docker"
+        f"{missing} is not installed and no Docker engine answers: install it "
+        f"(gcloud components install {component}) or start Docker"
     )
+
+
+def start_emulator(kind: Kind, workdir: Path) -> Emulator:
+    """Start `kind` locally, else through Docker, else raise EmulatorUnavailable."""
+    runner, binary = choose_runner(kind)
+    if runner == "local":
+        assert binary is not None
+        return LocalEmulator(kind, binary, workdir)
+    return ContainerEmulator(kind)
 
 
 def _session_emulator(kind: Kind, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Emulator]:
