@@ -386,6 +386,7 @@ class PubSubQueue:
     ) -> list[str]:
         """Publish in the client's batches; waits for every message and raises PublishError
         if any failed (after all were tried: the error says how many went through)."""
+        self._check_tier(tier)  # a tier, not the terminal queue (that is `forward`'s)
         return self._publish(self._topic_path(tier), messages)
 
     def _publish(

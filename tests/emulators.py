@@ -202,12 +202,14 @@ class Emulator:
 
 
 class LocalEmulator(Emulator):
-    def __init__(self, kind: Kind, binary: Path, workdir: Path):
+    def __init__(
+        self, kind: Kind, binary: Path, workdir: Path, java_options: str = JAVA_TOOL_OPTIONS
+    ):
         self.kind = kind
         port = free_port()
         self.host = f"127.0.0.1:{port}"
         self.log_path = workdir / f"{kind.name}-emulator.log"
-        env = {**os.environ, "JAVA_TOOL_OPTIONS": JAVA_TOOL_OPTIONS}
+        env = {**os.environ, "JAVA_TOOL_OPTIONS": java_options}
         for k in (PUBSUB.env_var, FIRESTORE.env_var):  # never point an emulator at another
             env.pop(k, None)
         with open(self.log_path, "wb") as log:
@@ -330,12 +332,14 @@ def choose_runner(kind: Kind) -> tuple[str, Path | None]:
     )
 
 
-def start_emulator(kind: Kind, workdir: Path) -> Emulator:
-    """Start `kind` locally, else through Docker, else raise EmulatorUnavailable."""
+def start_emulator(kind: Kind, workdir: Path, java_options: str = JAVA_TOOL_OPTIONS) -> Emulator:
+    """Start `kind` locally, else through Docker, else raise EmulatorUnavailable.
+    `java_options`: the JVM flags of a local emulator (tests: a 256 MB heap; the benchmark's
+    26,000 shard documents need more)."""
     runner, binary = choose_runner(kind)
     if runner == "local":
         assert binary is not None
-        return LocalEmulator(kind, binary, workdir)
+        return LocalEmulator(kind, binary, workdir, java_options)
     return ContainerEmulator(kind)
 
 
