@@ -28,18 +28,18 @@ STATE_URL_FORMS = "firestore://PROJECT[/DATABASE] or sqlite:///ABSOLUTE/FOLDER"
 def _parts(url: str, what: str, forms: str) -> tuple[str, str, str]:
     """(scheme, netloc, path) of a backend URL, or a ValueError naming the accepted forms."""
     if not isinstance(url, str) or "://" not in url:
-        raise ValueError(f"{what} {url!r} is not a URL; use {forms}")
+        raise ValueError(f"{url!r} is not a {what} URL; use {forms}")
     parsed = urllib.parse.urlsplit(url)
     if parsed.query or parsed.fragment:
-        raise ValueError(f"{what} {url!r} has a query or fragment; use {forms}")
+        raise ValueError(f"{url!r} is not a {what} URL (a query or fragment); use {forms}")
     return parsed.scheme.lower(), parsed.netloc, parsed.path
 
 
 def _sqlite_folder(netloc: str, path: str, url: str, what: str, forms: str) -> Path:
     if netloc or not path.startswith("/") or path == "/":
         raise ValueError(
-            f"{what} {url!r}: an embedded folder is sqlite:///ABSOLUTE/FOLDER (three slashes, "
-            f"an absolute path); use {forms}"
+            f"{url!r} is not a {what} URL: an embedded folder is sqlite:///ABSOLUTE/FOLDER "
+            f"(three slashes, an absolute path); use {forms}"
         )
     return Path(urllib.parse.unquote(path))
 
@@ -51,8 +51,8 @@ def open_queue(url: str) -> Queue:
         prefix = path.strip("/")
         if not netloc or not prefix or "/" in prefix:
             raise ValueError(
-                f"queue {url!r}: Pub/Sub is pubsub://PROJECT/PREFIX (a project id and one "
-                f"topic prefix); use {QUEUE_URL_FORMS}"
+                f"{url!r} is not a queue URL: Pub/Sub is pubsub://PROJECT/PREFIX (a project id "
+                f"and one topic prefix); use {QUEUE_URL_FORMS}"
             )
         from dvid2ng.backends.pubsub_queue import PubSubQueue
 
@@ -63,7 +63,9 @@ def open_queue(url: str) -> Queue:
         folder = _sqlite_folder(netloc, path, url, "queue", QUEUE_URL_FORMS)
         folder.mkdir(parents=True, exist_ok=True)
         return SqliteQueue(folder / QUEUE_FILE)
-    raise ValueError(f"queue {url!r}: unknown scheme {scheme!r}; use {QUEUE_URL_FORMS}")
+    raise ValueError(
+        f"{url!r} is not a queue URL: unknown scheme {scheme!r}; use {QUEUE_URL_FORMS}"
+    )
 
 
 def open_state(url: str) -> StateStore:
@@ -73,7 +75,7 @@ def open_state(url: str) -> StateStore:
         database = path.strip("/")
         if not netloc or "/" in database:
             raise ValueError(
-                f"state {url!r}: Firestore is firestore://PROJECT or "
+                f"{url!r} is not a state URL: Firestore is firestore://PROJECT or "
                 f"firestore://PROJECT/DATABASE; use {STATE_URL_FORMS}"
             )
         from dvid2ng.backends.firestore_state import FirestoreStateStore
@@ -85,7 +87,9 @@ def open_state(url: str) -> StateStore:
         folder = _sqlite_folder(netloc, path, url, "state", STATE_URL_FORMS)
         folder.mkdir(parents=True, exist_ok=True)
         return SqliteStateStore(folder / STATE_FILE)
-    raise ValueError(f"state {url!r}: unknown scheme {scheme!r}; use {STATE_URL_FORMS}")
+    raise ValueError(
+        f"{url!r} is not a state URL: unknown scheme {scheme!r}; use {STATE_URL_FORMS}"
+    )
 
 
 def open_embedded(
@@ -112,49 +116,3 @@ def open_embedded(
         queue.close()
         raise
     return queue, state
-
-
-QUEUE_URL_FORMS = "pubsub://PROJECT/PREFIX or sqlite:///ABSOLUTE/FOLDER"
-STATE_URL_FORMS = "firestore://PROJECT[/DATABASE] or sqlite:///ABSOLUTE/FOLDER"
-
-
-def _sqlite_folder(url: str, forms: str) -> Path:
-    path = Path(url[len("sqlite://") :])
-    if not path.is_absolute():
-        raise ValueError(f"{url!r}: a sqlite:// URL needs an absolute folder ({forms})")
-    return path
-
-
-def open_queue(url: str):
-    """The queue behind a URL: Pub/Sub topics `{PREFIX}-{tier}` in PROJECT, or the SQLite queue
-    file in a folder (for trying the fleet commands on one machine)."""
-    if url.startswith("pubsub://"):
-        from dvid2ng.backends.pubsub_queue import PubSubQueue
-
-        project, _, prefix = url[len("pubsub://") :].partition("/")
-        if not project or not prefix or "/" in prefix:
-            raise ValueError(f"{url!r} is not a queue URL: use {QUEUE_URL_FORMS}")
-        return PubSubQueue(project, prefix)
-    if url.startswith("sqlite://"):
-        from dvid2ng.backends.sqlite_queue import SqliteQueue
-
-        return SqliteQueue(_sqlite_folder(url, QUEUE_URL_FORMS) / QUEUE_FILE)
-    raise ValueError(f"{url!r} is not a queue URL: use {QUEUE_URL_FORMS}")
-
-
-def open_state(url: str):
-    """The state store behind a URL: Firestore (a database of PROJECT), or SQLite in a folder."""
-    if url.startswith("firestore://"):
-        from dvid2ng.backends.firestore_state import FirestoreStateStore
-
-        project, _, database = url[len("firestore://") :].partition("/")
-        if not project or "/" in database:
-            raise ValueError(f"{url!r} is not a state URL: use {STATE_URL_FORMS}")
-        return FirestoreStateStore(project, database or "(default)")
-    if url.startswith("sqlite://"):
-        from dvid2ng.backends.sqlite_state import SqliteStateStore
-
-        folder = _sqlite_folder(url, STATE_URL_FORMS)
-        folder.mkdir(parents=True, exist_ok=True)
-        return SqliteStateStore(folder / STATE_FILE)
-    raise ValueError(f"{url!r} is not a state URL: use {STATE_URL_FORMS}")

@@ -56,6 +56,7 @@ _I64_MAX = (1 << 63) - 1
 MAX_BATCH_WRITES = 500  # Firestore's limit of writes in one commit
 MAX_ERROR_JSON_BYTES = 200_000  # a document holds at most 1 MiB
 SUMMARY_THREADS = 8
+GET_MANY_BATCH = 300
 TRANSACTION_ATTEMPTS = 10
 
 _INT_FIELDS = (
@@ -480,6 +481,21 @@ class FirestoreStateStore:
     def get(self, run_id: str, key: str) -> ShardRecord | None:
         snap = self._ref(run_id, key).get()
         return _decode(snap.to_dict()) if snap.exists else None
+
+    def get_many(self, run_id: str, keys: Iterable[str]) -> dict[str, ShardRecord]:
+        """Batched reads (`get_all`, 300 documents a call, 8 calls at once): no query, so no
+        index; a document read each."""
+        wanted = list(dict.fromkeys(keys))
+        if not wanted:
+            return {}
+        chunks = [wanted[i : i + GET_MANY_BATCH] for i in range(0, len(wanted), GET_MANY_BATCH)]
+
+        def read(part: list[str]) -> list[ShardRecord]:
+            refs = [self._ref(run_id, k) for k in part]
+            return [_decode(s.to_dict()) for s in self.client.get_all(refs) if s.exists]
+
+        with ThreadPoolExecutor(max_workers=min(8, len(chunks))) as pool:
+            return {r.key: r for part in pool.map(read, chunks) for r in part}
 
     def claim(self, run_id: str, key: str, worker: str, tier: str, stale_after_s: float) -> Claim:
         """See `StateStore.claim`. The heartbeat's age is measured at the transaction's read

@@ -40,6 +40,7 @@ The client libraries honour `PUBSUB_EMULATOR_HOST`.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import math
@@ -47,6 +48,7 @@ import os
 import re
 import threading
 import time
+import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -269,6 +271,7 @@ class PubSubQueue:
             {self._subscription_path(t): t for t in tiers}  # in case a path is given
         )
         self._held: dict[str, _Held] = {}
+        self._release_at_exit = False
         self._lock = threading.Lock()
         self._clients: tuple[int, Any, Any] | None = None  # (pid, publisher, subscriber)
 
@@ -580,6 +583,9 @@ class PubSubQueue:
                 )
         with self._lock:
             self._held.update(held)
+            if held and not self._release_at_exit:  # a CLI that exits without close()
+                self._release_at_exit = True
+                atexit.register(_release_at_exit, weakref.ref(self))
         ordered = sorted(held.values(), key=lambda h: (h.publish_time, h.letter.message_id))
         return [
             DeadLetter(
@@ -619,10 +625,10 @@ class PubSubQueue:
             self._modify(ack_ids, 0, self._subscription_path(TERMINAL))
         return len(held)
 
-    def replay(self, letter: DeadLetter, to_tier: str) -> str:
-        """Publish the dead letter on `to_tier` (clean: no forward or dead-letter attributes),
-        then ack it in the terminal subscription. Needs the lease of a `dead_letters()` call
-        of this process that has not run out (KeyError otherwise)."""
+    def replay(self, letter: DeadLetter, to_tier: str, body: bytes | None = None) -> str:
+        """Publish the dead letter (or `body` in its place) on `to_tier`, clean of forward and
+        dead-letter attributes, then ack it in the terminal subscription. Needs the lease of a
+        `dead_letters()` call of this process that has not run out (KeyError otherwise)."""
         topic = self._topic_path(to_tier)
         if to_tier == TERMINAL:
             raise ValueError("replay needs a tier, not the terminal queue")
@@ -644,7 +650,7 @@ class PubSubQueue:
             for k, v in _without_dead_letter_attributes(letter.attributes).items()
             if k not in (FORWARDED_FROM, FORWARD_REASON)
         }
-        [new_id] = self._publish(topic, [(letter.body, attrs)])
+        [new_id] = self._publish(topic, [(letter.body if body is None else body, attrs)])
         self._acknowledge(ack_ids, self._subscription_path(TERMINAL))
         with self._lock:
             self._held.pop(letter.message_id, None)
@@ -796,6 +802,15 @@ def _subscription_problems(want: Mapping[str, Any], got: Any) -> list[str]:
                 f"deliveries, expected {want_dlp['max_delivery_attempts']}"
             )
     return out
+
+
+def _release_at_exit(ref: weakref.ref[PubSubQueue]) -> None:
+    """Give back the dead letters a process still holds when it exits (a `dlq list` that
+    never called close() would hide them from everyone else for the rest of the lease)."""
+    queue = ref()
+    if queue is not None:
+        with contextlib.suppress(Exception):
+            queue.release_dead_letters()
 
 
 def _publish_time(message: Any) -> float:

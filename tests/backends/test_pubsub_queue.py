@@ -300,3 +300,39 @@ def test_emulator_variable_is_what_the_client_uses(pubsub_project: str):
     q.publish("t4gi", b"via the emulator")
     assert pull_one(q, "t4gi").body == b"via the emulator"
     q.close()
+
+
+def test_replay_can_carry_a_new_body(pubsub_project: str):
+    q = make_queue(pubsub_project)
+    q.publish("t2gi", b"old task", {"key": "s0/9"})
+    q.forward(pull_one(q, "t2gi"), TERMINAL, "source was truncated")
+    [letter] = q.dead_letters()
+    q.replay(letter, "t2gi", b"task with the re-exported source's generation")
+    back = pull_one(q, "t2gi")
+    assert back.body == b"task with the re-exported source's generation"
+    assert back.attributes == {"key": "s0/9"}
+    q.ack(back)
+    assert q.dead_letters() == []
+    q.close()
+
+
+def test_a_process_that_lists_dead_letters_and_exits_gives_them_back(pubsub_project: str):
+    """`dvid2ng dlq list` exits without close(): the letters it leased must not stay hidden
+    from the next command for the rest of the lease."""
+    import subprocess
+    import sys
+
+    q = make_queue(pubsub_project, dead_letter_lease_s=600)
+    q.publish("t2gi", b"poison", {"key": "s0/p"})
+    q.forward(pull_one(q, "t2gi"), TERMINAL, "not a task")
+    script = (
+        "import pickle, sys; q = pickle.loads(sys.stdin.buffer.read()); "
+        "print(len(q.dead_letters()))"  # and exit, without close()
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], input=pickle.dumps(q), capture_output=True, check=True
+    )
+    assert out.stdout.strip() == b"1", out.stderr
+    [letter] = q.dead_letters()  # at once, not after the child's 600 s lease
+    assert letter.body == b"poison"
+    q.close()
