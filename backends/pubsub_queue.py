@@ -91,6 +91,7 @@ _NAME = re.compile(r"[A-Za-z][A-Za-z0-9\-_.~+%]{2,254}")  # topic / subscription
 
 DEFAULT_PULL_TIMEOUT_S = 2.0  # how long one pull waits for a message before returning none
 DEFAULT_DEAD_LETTER_LEASE_S = 120.0  # how long dead_letters() keeps what it listed leased
+DEAD_LETTER_EMPTY_PULLS = 2  # dead_letters() stops after this many empty pulls in a row
 _MODACK_CHUNK = 1000  # ack ids per acknowledge / modify_ack_deadline request
 
 
@@ -565,10 +566,13 @@ class PubSubQueue:
             self._modify([a for h in held.values() for a in h.ack_ids], lease, subscription)
             for h in held.values():
                 h.expires = now + lease
-        while len(held) < max_messages:
+        empty = 0
+        while len(held) < max_messages and empty < DEAD_LETTER_EMPTY_PULLS:
             batch = self._pull(subscription, min(1000, max_messages - len(held)))
-            if not batch:
-                break
+            if not batch:  # a unary pull may come back empty while messages wait: ask again
+                empty += 1
+                continue
+            empty = 0
             self._modify([r.ack_id for r in batch], lease, subscription)
             for r in batch:
                 mid = r.message.message_id
