@@ -9,6 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+# The real Pub/Sub and Firestore emulators (session fixtures; tests skip when they are absent).
+from tests.emulators import (  # noqa: F401
+    firestore_emulator,
+    firestore_project,
+    pubsub_emulator,
+    pubsub_project,
+)
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_FIXTURES = REPO_ROOT.parent / "shared" / "fixtures"
 

@@ -1,15 +1,17 @@
 """Fixtures for the backend contract suite: every Queue / StateStore implementation runs it.
 
 `queue_backend` and `state_backend` are parametrized over the factories in `QUEUE_FACTORIES` /
-`STATE_FACTORIES`. To add a backend (Pub/Sub, Firestore) append a factory
-`(tmp_path) -> QueueHarness | StateHarness` that declares what the backend can promise; the
-contract tests skip (or weaken to what is guaranteed) the checks a backend cannot honour.
+`STATE_FACTORIES`: `(tmp_path, request) -> QueueHarness | StateHarness`, each declaring what its
+backend can promise; the contract tests skip (or weaken to what is guaranteed) the checks a
+backend cannot honour. The Google factories run against the real emulators (tests/emulators.py)
+and skip, naming the missing binary, where those are not installed.
 """
 
 from __future__ import annotations
 
 import functools
 import time
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +20,8 @@ from typing import Any
 import pytest
 
 from dvid2ng.backends.base import Queue, QueueAdmin, StateStore
+from dvid2ng.backends.firestore_state import FirestoreStateStore
+from dvid2ng.backends.pubsub_queue import PubSubQueue
 from dvid2ng.backends.sqlite_queue import SqliteQueue
 from dvid2ng.backends.sqlite_state import SqliteStateStore
 
@@ -79,7 +83,7 @@ class StateHarness:
 # -- SQLite ---------------------------------------------------------------------------------
 
 
-def _sqlite_queue_harness(tmp_path: Path) -> QueueHarness:
+def _sqlite_queue_harness(tmp_path: Path, request: pytest.FixtureRequest) -> QueueHarness:
     clock = FakeClock()
     opened: list[SqliteQueue] = []
 
@@ -124,7 +128,7 @@ def _sqlite_queue_harness(tmp_path: Path) -> QueueHarness:
     return h
 
 
-def _sqlite_state_harness(tmp_path: Path) -> StateHarness:
+def _sqlite_state_harness(tmp_path: Path, request: pytest.FixtureRequest) -> StateHarness:
     clock = FakeClock()
     opened: list[SqliteStateStore] = []
 
@@ -149,9 +153,96 @@ def _sqlite_state_harness(tmp_path: Path) -> StateHarness:
     return h
 
 
-# Append Pub/Sub / Firestore factories here (they may pytest.skip when the emulator is absent).
-QUEUE_FACTORIES: list[Callable[[Path], QueueHarness]] = [_sqlite_queue_harness]
-STATE_FACTORIES: list[Callable[[Path], StateHarness]] = [_sqlite_state_harness]
+# -- Pub/Sub and Firestore (the real emulators) ---------------------------------------------
+
+
+def reopen(backend: Any) -> Any:
+    """Picklable opener: the Google backends pickle as their settings (no channels), so the
+    copy a spawned process unpickles is a new handle on the same topics / documents."""
+    return backend
+
+
+def _pubsub_queue_harness(tmp_path: Path, request: pytest.FixtureRequest) -> QueueHarness:
+    """Pub/Sub as the emulator runs it. Declared honestly:
+    * no controllable clock: leases are real time, and 10 s is the shortest ack deadline a
+      subscription takes, so lease tests sleep for real;
+    * attempts are Pub/Sub's best-effort `delivery_attempt` (not exact); a message moved to the
+      next tier gets a new id; no order; depth unknown (Cloud Monitoring only);
+    * ack ids are not fenced: a stale ack / extend may act on a newer lease (strict_leases off);
+    * escalation tests use 5 attempts, the fewest a dead-letter policy allows;
+    * subscriptions without a retry policy (fleet.json's 10..600 s backoff would make every
+      nack wait): what the tests measure is the dead-letter chain, not the backoff."""
+    project = request.getfixturevalue("pubsub_project")  # fresh project: the emulator has no reset
+    opened: list[PubSubQueue] = []
+
+    def open_queue(
+        max_delivery_attempts: Mapping[str, int] | int | None = None,
+        tiers: Sequence[str] | None = None,
+    ) -> PubSubQueue:
+        q = PubSubQueue(
+            project,
+            f"q{len(opened)}-{uuid.uuid4().hex[:6]}",
+            tiers,
+            max_delivery_attempts=max_delivery_attempts,
+            retry_min_backoff_seconds=0,
+            retry_max_backoff_seconds=0,
+        )
+        opened.append(q)
+        q.create()
+        return q
+
+    h = QueueHarness(
+        name="pubsub",
+        open=open_queue,
+        opener=lambda q: functools.partial(reopen, q),
+        advance=time.sleep,
+        controllable_clock=False,
+        exact_attempts=False,
+        strict_leases=False,
+        fifo=False,
+        exact_depth=False,
+        preserves_message_id=False,
+        backstop_reason=True,
+        attempts=5,
+        lease_s=10.0,
+        nack_delay_s=5.0,
+        pull_wait_s=1.0,
+    )
+    h.cleanup.append(lambda: [q.close() for q in opened])
+    return h
+
+
+def _firestore_state_harness(tmp_path: Path, request: pytest.FixtureRequest) -> StateHarness:
+    """Firestore as the emulator runs it: server timestamps, so no controllable clock (the
+    staleness tests sleep; 4 s is well above the emulator's latency and clock granularity)."""
+    project = request.getfixturevalue("firestore_project")
+    opened: list[FirestoreStateStore] = []
+
+    def open_store() -> FirestoreStateStore:
+        s = FirestoreStateStore(f"{project}-{len(opened)}")  # every store its own project
+        opened.append(s)
+        return s
+
+    h = StateHarness(
+        name="firestore",
+        open=open_store,
+        opener=lambda s: functools.partial(reopen, s),
+        advance=time.sleep,
+        controllable_clock=False,
+        stale_after_s=4.0,
+    )
+    h.cleanup.append(lambda: [s.close() for s in opened])
+    return h
+
+
+QUEUE_FACTORIES: list[Callable[..., QueueHarness]] = [
+    _sqlite_queue_harness,
+    _pubsub_queue_harness,
+]
+STATE_FACTORIES: list[Callable[..., StateHarness]] = [
+    _sqlite_state_harness,
+    _firestore_state_harness,
+]
 
 
 def _ids(factories: list[Any]) -> list[str]:
@@ -160,7 +251,7 @@ def _ids(factories: list[Any]) -> list[str]:
 
 @pytest.fixture(params=QUEUE_FACTORIES, ids=_ids(QUEUE_FACTORIES))
 def queue_backend(request: pytest.FixtureRequest, tmp_path: Path):
-    h = request.param(tmp_path)
+    h = request.param(tmp_path, request)
     yield h
     for fn in reversed(h.cleanup):
         fn()
@@ -168,7 +259,7 @@ def queue_backend(request: pytest.FixtureRequest, tmp_path: Path):
 
 @pytest.fixture(params=STATE_FACTORIES, ids=_ids(STATE_FACTORIES))
 def state_backend(request: pytest.FixtureRequest, tmp_path: Path):
-    h = request.param(tmp_path)
+    h = request.param(tmp_path, request)
     yield h
     for fn in reversed(h.cleanup):
         fn()
