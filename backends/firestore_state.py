@@ -49,7 +49,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from dvid2ng.backends.base import Claim, ClaimStatus, ShardRecord, ShardStatus, SummaryRow
-from dvid2ng.schemas.fleet import fleet_config
+from dvid2ng.schemas.fleet import FirestoreQuery, fleet_config
 
 _U64 = 1 << 64
 _I64_MAX = (1 << 63) - 1
@@ -198,6 +198,20 @@ def _shapes() -> dict[str, QueryShape]:
 
 QUERIES: dict[str, QueryShape] = _shapes()
 
+# The same shapes in the project-wide declaration form (tests/infra/test_firestore_indexes.py
+# checks each against fleet.json with an index model written apart from required_index()).
+FIRESTORE_QUERIES: tuple[FirestoreQuery, ...] = tuple(
+    FirestoreQuery(
+        s.name,
+        s.collection,
+        equality=s.equality,
+        range_field=s.range,
+        order_by=s.order,
+        aggregate_fields=s.sums,
+    )
+    for s in QUERIES.values()
+)
+
 
 def required_index(shape: QueryShape) -> dict[str, Any] | None:
     """The composite index `shape` needs, in fleet.json's format, or None when Firestore's
@@ -212,7 +226,7 @@ def required_index(shape: QueryShape) -> dict[str, Any] | None:
     order += [o for o in shape.order if o[0] not in shape.equality]
     order += [(f, "ASCENDING") for f in shape.sums if f not in {f for f, _ in order}]
     return {
-        "collection_group": shape.collection,
+        "collection": shape.collection,
         "query_scope": "COLLECTION",
         "fields": [{"field_path": f, "order": d} for f, d in order],
     }

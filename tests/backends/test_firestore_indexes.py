@@ -49,7 +49,7 @@ def uncovered(q: SentQuery, indexes: list[dict], exemptions: list[dict]) -> str 
     """Why Firestore would refuse `q` with these indexes, or None when one serves it."""
     if q.all_descendants:
         return "collection-group queries are not declared"
-    exempt = {e["field_path"] for e in exemptions if e["collection_group"] == q.collection}
+    exempt = {e["field"] for e in exemptions if e["collection"] == q.collection}
     used = {*q.equality, *q.ranges, *(f for f, _ in q.order), *q.sums}
     if used & exempt:
         return f"uses exempted fields {sorted(used & exempt)}"
@@ -65,7 +65,7 @@ def uncovered(q: SentQuery, indexes: list[dict], exemptions: list[dict]) -> str 
     candidates = [
         _fields(i)
         for i in indexes
-        if i["collection_group"] == q.collection and i["query_scope"] == "COLLECTION"
+        if i["collection"] == q.collection and i["query_scope"] == "COLLECTION"
     ]
     n = len(set(q.equality))
     for fields in candidates:
@@ -105,11 +105,11 @@ def _q(**kw) -> SentQuery:
 
 
 def test_the_rules_refuse_what_firestore_refuses():
-    idx = [{"collection_group": "shards", "query_scope": "COLLECTION", "fields": [
+    idx = [{"collection": "shards", "query_scope": "COLLECTION", "fields": [
         {"field_path": "status", "order": "ASCENDING"},
         {"field_path": "key", "order": "ASCENDING"},
     ]}]  # fmt: skip
-    ex = [{"collection_group": "shards", "field_path": "heartbeat_at", "indexes": []}]
+    ex = [{"collection": "shards", "field": "heartbeat_at"}]
     assert uncovered(_q(equality=("status",)), [], ex) is None
     assert uncovered(_q(order=(("key", "ASCENDING"),)), [], ex) is None
     assert uncovered(_q(equality=("status",), order=(("key", "ASCENDING"),)), idx, ex) is None
@@ -129,9 +129,9 @@ def test_fleet_json_declares_exactly_the_indexes_the_registry_needs():
     indexes, exemptions = declared()
     canon = sorted(map(repr, required_indexes()))
     assert sorted(map(repr, indexes)) == canon
-    assert {e["field_path"] for e in exemptions} >= {"heartbeat_at"}
+    assert {e["field"] for e in exemptions} >= {"heartbeat_at"}
     for shape in QUERIES.values():  # no declared query relies on an exempted field
-        assert not (shape.fields | set(shape.sums)) & {e["field_path"] for e in exemptions}
+        assert not (shape.fields | set(shape.sums)) & {e["field"] for e in exemptions}
 
 
 # -- what the store really sends ------------------------------------------------------------

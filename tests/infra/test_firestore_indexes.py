@@ -52,7 +52,7 @@ def test_fleet_json_indexes_and_exemptions_parse():
     for ix in firestore_indexes():
         assert len(ix.fields) >= 2
     exemptions = single_field_exemptions()
-    assert FieldExemption(fleet.fleet_config()["firestore"]["shards_collection"], "heartbeat") in (
+    assert FieldExemption(fleet.fleet_config()["firestore"]["shards_collection"], "heartbeat_at") in (
         exemptions
     )
 

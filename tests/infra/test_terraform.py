@@ -503,7 +503,7 @@ def test_firestore_is_native_in_the_region_with_heartbeat_exemptions(tf):
         for e in fleet_config()["firestore"]["single_field_exemptions"]
     }
     assert set(exemptions) == want
-    assert ("shards", "heartbeat") in want
+    assert ("shards", "heartbeat_at") in want
     for b in exemptions.values():
         assert b["database"] == DATABASE
         # an empty index_config = no automatic single-field index on the field
