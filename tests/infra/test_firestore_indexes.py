@@ -52,9 +52,9 @@ def test_fleet_json_indexes_and_exemptions_parse():
     for ix in firestore_indexes():
         assert len(ix.fields) >= 2
     exemptions = single_field_exemptions()
-    assert FieldExemption(fleet.fleet_config()["firestore"]["shards_collection"], "heartbeat_at") in (
-        exemptions
-    )
+    assert FieldExemption(
+        fleet.fleet_config()["firestore"]["shards_collection"], "heartbeat_at"
+    ) in (exemptions)
 
 
 def test_equality_only_and_single_field_queries_need_no_composite_index():
