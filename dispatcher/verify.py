@@ -35,9 +35,10 @@ from dvid2ng.dispatcher.scan_progress import ScanProgress
 from dvid2ng.dispatcher.verify_source import SourceChunks, SourceError, check_absent
 from dvid2ng.dvidexport.reader import ExportFile, display_name, list_export
 from dvid2ng.kernels import CsegDecodeError, compressed_morton_codes, decode_cseg
+from dvid2ng.kernels.morton_decode import decode_morton_codes
 from dvid2ng.schemas.dvid import ExportFormatError
 from dvid2ng.schemas.placement import place_dvid_file
-from dvid2ng.schemas.shard_format import morton_decode, split_chunk_ids
+from dvid2ng.schemas.shard_format import split_chunk_ids
 from dvid2ng.schemas.sharding import shard_bounds, shard_name, shard_shape
 from dvid2ng.schemas.spec import (
     Scale,
@@ -255,6 +256,7 @@ def _verify_transcode_scale(
     bar = ScanProgress(
         len(shards), unit="shard", desc=f"verify s{scale.index}", enabled=opts.progress
     )
+    bad = 0
     try:
         for shard in shards:
             got = next(contents) if shard in present else None
@@ -270,7 +272,8 @@ def _verify_transcode_scale(
                 res.requests += got.requests
                 res.bytes_read += got.bytes_read
             res.shards.append(r)
-            bar.update(1, note=f"{len(res.bad_shards)} bad")
+            bad += r.bad
+            bar.update(1, note=f"{bad} bad")
     finally:
         bar.close()
     return res
@@ -349,7 +352,7 @@ def _compare_present(r: ShardResult, got: ShardContents, src: SourceChunks) -> N
     r.output_chunks = got.chunk_count
     foreign = np.setdiff1d(got.chunk_ids, src.inside_ids, assume_unique=True)
     if len(foreign):
-        coords = morton_decode(foreign[:1], src.scale.bits)[0]
+        coords = decode_morton_codes(foreign[:1], src.scale.bits)[0]
         r.problems.append(
             f"{len(foreign)} output chunks have no source record (first chunk "
             f"{tuple(int(v) for v in coords)}, id {int(foreign[0])})"
@@ -438,7 +441,7 @@ def _child_chunk_ranges(parent: Scale, child: Scale, f, coords: np.ndarray):
 
 def _child_chunks_of(parent: Scale, child: Scale, f, parent_ids: np.ndarray) -> np.ndarray:
     """(n, 3) distinct child chunks fed by parent chunks `parent_ids`."""
-    coords = morton_decode(parent_ids, parent.bits)
+    coords = decode_morton_codes(parent_ids, parent.bits)
     lo, hi = _child_chunk_ranges(parent, child, f, coords)
     span = (hi - lo).max(axis=0, initial=0) if len(lo) else np.zeros(3, np.int64)
     parts = []
@@ -530,6 +533,7 @@ def _verify_downsample_scale(
         len(shards), unit="shard", desc=f"verify s{child.index}", enabled=opts.progress
     )
     sh = child.sharding
+    bad = 0
     try:
         for c, fed_by in zip(shards, feeds, strict=True):
             r = ShardResult(c, creader.file_name(c))
@@ -565,7 +569,8 @@ def _verify_downsample_scale(
                 res.bytes_read += got.bytes_read
             if got is not None or len(want_ids) or parent_problem:
                 res.shards.append(r)  # else: a shard the parent's box touches without data
-            bar.update(1, note=f"{len(res.bad_shards)} bad")
+            bad += r.bad
+            bar.update(1, note=f"{bad} bad")
     finally:
         bar.close()
     return res
@@ -575,8 +580,8 @@ def _classify_child(r: ShardResult, got, want_ids: np.ndarray, parent_index: int
     if got is None:
         r.status = MISSING
         r.problems.append(
-            f"output shard missing: its parent region at scale {parent_index} holds "
-            f"{len(want_ids)} chunks' worth of data ({r.source})"
+            f"output shard missing: parent shard(s) {r.source} at scale {parent_index} hold "
+            f"data for {len(want_ids)} of its chunks"
         )
         return
     if not got.ok:
@@ -624,7 +629,7 @@ def _compare_downsampled(r, got, want_ids, child: Scale, creader, ds_view, opts)
     rng = random.Random(f"{opts.seed}:{child.index}:{r.shard}")
     picks = sorted(rng.sample(range(len(want_ids)), min(opts.values, len(want_ids))))
     ids = want_ids[picks]
-    coords = morton_decode(ids, child.bits)
+    coords = decode_morton_codes(ids, child.bits)
     futures = [creader.read_chunk_async(got, int(i)) for i in ids]
     for cid, chunk, fut in zip(ids, coords, futures, strict=True):
         chunk = tuple(int(v) for v in chunk)

@@ -7,6 +7,7 @@ so a wrong spec is rejected before any work starts.
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import math
 import re
@@ -64,17 +65,18 @@ class Scale:
     voxel_offset: tuple[int, int, int]
     sharding: Sharding
 
-    @property
+    # cached: the sharding geometry asks for these in its bit-walking loops
+    @functools.cached_property
     def grid(self) -> tuple[int, int, int]:
         """Chunks per axis (edge chunks are partial)."""
         return tuple(math.ceil(s / c) for s, c in zip(self.size, self.chunk_size, strict=True))  # type: ignore[return-value]
 
-    @property
+    @functools.cached_property
     def bits(self) -> tuple[int, int, int]:
         """Bits of the compressed Morton code per axis: bit_length(grid - 1)."""
         return tuple(max(0, (g - 1).bit_length()) for g in self.grid)  # type: ignore[return-value]
 
-    @property
+    @functools.cached_property
     def total_bits(self) -> int:
         return sum(self.bits)
 

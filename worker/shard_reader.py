@@ -21,11 +21,11 @@ from typing import Any
 import numpy as np
 import tensorstore as ts
 
+from dvid2ng.kernels.morton_decode import decode_morton_codes
 from dvid2ng.schemas.shard_format import (
     MinishardIndex,
     ShardFormatError,
     decode_minishard_index,
-    morton_decode,
     parse_shard_index,
     shard_index_bytes,
     split_chunk_ids,
@@ -239,7 +239,7 @@ class ShardReader:
                 f"{int(shards[bad[0]])} minishard {int(minis[bad[0]])} ({len(bad)} such ids)"
             )
         total = self.scale.total_bits
-        coords = morton_decode(mi.chunk_ids, self.scale.bits)
+        coords = decode_morton_codes(mi.chunk_ids, self.scale.bits)
         beyond = (mi.chunk_ids >> np.uint64(total)) != 0 if total < 64 else np.zeros(len(mi), bool)
         outside = beyond | (coords >= np.asarray(self.scale.grid)).any(axis=1)
         if outside.any():
