@@ -283,12 +283,11 @@ def _classify_unexpected(r: ShardResult, got: ShardContents | None) -> None:
     assert got is not None
     r.status = UNEXPECTED  # even if unreadable: no file should be here at all
     r.output_chunks = got.chunk_count
+    what = f"it holds {got.chunk_count} chunks" if got.ok else f"a file is there ({got.error})"
     r.problems.append(
-        f"no source file stands for this shard, yet it exists ({got.chunk_count} chunks; "
-        "left from another conversion, or a wrong SOURCE or spec?)"
+        f"no source file stands for this shard, yet {what}: left from another conversion, or "
+        "a wrong SOURCE or spec?"
     )
-    if not got.ok:
-        r.problems.append(got.error)
 
 
 def _check_against_source(

@@ -20,7 +20,7 @@ from dvid2ng.schemas.dvid import LAYOUT_COLUMNS, ChunkIndex, parse_chunk_index
 
 _HEADERS = {",".join(cols): name for name, cols in LAYOUT_COLUMNS.items()}
 _INT32_MAX = 2**31 - 1
-_INT64_DIGITS = 18  # longer numbers could overflow int64: the slow parser decides
+_INT64_DIGITS = 19  # longer numbers cannot fit int64: the slow parser decides
 SMALL_BODY = 64 << 10  # below this, Python's split beats Arrow's fixed cost (~0.5 ms)
 
 
@@ -90,7 +90,10 @@ def _rows_small(body: bytes, ncols: int) -> np.ndarray | None:
     tokens = b",".join(rows).split(b",")
     if any(not t or len(t) > _INT64_DIGITS for t in tokens):
         return None
-    return np.array([int(t) for t in tokens], dtype=np.int64).reshape(len(rows), ncols)
+    try:
+        return np.array([int(t) for t in tokens], dtype=np.int64).reshape(len(rows), ncols)
+    except OverflowError:  # 19 digits beyond int64
+        return None
 
 
 def _rows_arrow(body: bytes, cols: tuple[str, ...]) -> np.ndarray | None:

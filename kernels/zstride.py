@@ -125,12 +125,14 @@ def decode_dvid_block_zstride(block, table: np.ndarray | None, stride: int) -> n
         if table is None
         else (as_u64_table(table, "label table", CorruptBlockError), True)
     )
+    if buf.shape[0] >= 12:  # the kernel's output has 8gz/stride slices: check before it runs
+        gz = int(np.frombuffer(buf[8:12].tobytes(), "<u4")[0])
+        if 1 <= gz <= 128 and (8 * gz) % s:
+            raise KernelError(f"stride {s} does not divide the block's {8 * gz} Z slices")
     info = np.zeros(_INFO_LEN, np.int64)
     st, out = _decode_zstride_kernel(buf, tbl, use, s, info, MAX_BLOCK_VOXELS)
     if st != _OK:
         _raise(st, info)
-    if (8 * int(info[_I_GZ])) % s:
-        raise KernelError(f"stride {s} does not divide the block's {8 * int(info[_I_GZ])} slices")
     return out
 
 
