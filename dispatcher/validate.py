@@ -397,7 +397,8 @@ def _problem_json(p: Problem) -> dict[str, Any]:
     }
 
 
-def print_report(reports: list[ScaleReport], out=sys.stdout) -> None:
+def print_report(reports: list[ScaleReport], out=None) -> None:
+    out = out or sys.stdout
     header = f"{'scale':<7}{'key':<18}{'files':>7}{'records':>13}{'decoded':>13}{'outside':>9}{'problems':>10}"
     print(header, file=out)
     for r in reports:

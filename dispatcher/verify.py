@@ -667,7 +667,8 @@ def report_json(results: list[ScaleResult], source: Path, dest: str, opts) -> di
     }
 
 
-def print_report(results: list[ScaleResult], out=sys.stdout) -> None:
+def print_report(results: list[ScaleResult], out=None) -> None:
+    out = out or sys.stdout
     cols = ["shards", *STATUSES, "bad", "src chunks", "out chunks", "MB"]
     widths = [8, 9, 9, 14, 12, 9, 6, 14, 14, 12]
     print(

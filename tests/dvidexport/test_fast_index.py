@@ -32,9 +32,7 @@ def indexes(draw):
     layout = draw(st.sampled_from(sorted(LAYOUT_COLUMNS)))
     n = draw(st.integers(0, 60))
     coords = draw(
-        st.lists(
-            st.tuples(*(st.integers(0, 2**31 - 1),) * 3), min_size=n, max_size=n, unique=True
-        )
+        st.lists(st.tuples(*(st.integers(0, 2**31 - 1),) * 3), min_size=n, max_size=n, unique=True)
     )
     big = st.integers(0, 2**62)
     cols = {
