@@ -162,7 +162,10 @@ def validate_file(
                     on_record()
         rep.complete = True
     except ExportFormatError as e:
-        rep.add("format", e.cause, e.chunk)
+        where = ""
+        if e.file and e.file != rep.file:  # the CSV index
+            where = f"{e.file}" + (f" line {e.line}" if e.line else "") + ": "
+        rep.add("format", where + e.cause, e.chunk)
     except OSError as e:
         rep.add("unreadable", f"cannot read: {e}")
     for s in reservoir:
@@ -377,7 +380,7 @@ def report_json(reports: list[ScaleReport], source: Path, spec_path: Path, args)
                 "warnings": r.warnings,
                 "problems": [_problem_json(p) for p in r.problems]
                 + [_problem_json(p) for f in r.files for p in f.problems],
-                "files": [
+                "file_reports": [
                     {k: v for k, v in asdict(f).items() if k not in ("problems", "scale", "stem")}
                     | {"problems": [_problem_json(p) for p in f.problems]}
                     for f in r.files
