@@ -37,9 +37,9 @@ from dvid2ng.dvidexport.reader import ExportFile, display_name, list_export
 from dvid2ng.kernels import CsegDecodeError, compressed_morton_codes, decode_cseg
 from dvid2ng.kernels.morton_decode import decode_morton_codes
 from dvid2ng.schemas.dvid import ExportFormatError
-from dvid2ng.schemas.placement import place_dvid_file
+from dvid2ng.schemas.placement import FilePlacement, fast_shard_bounds, place_dvid_file
 from dvid2ng.schemas.shard_format import split_chunk_ids
-from dvid2ng.schemas.sharding import shard_bounds, shard_name, shard_shape
+from dvid2ng.schemas.sharding import shard_name, shard_shape
 from dvid2ng.schemas.spec import (
     Scale,
     SpecError,
@@ -47,7 +47,7 @@ from dvid2ng.schemas.spec import (
     check_dvid_chunk_sizes,
     scale_z_compress,
 )
-from dvid2ng.worker.output import OutputError, io_context, read_info
+from dvid2ng.worker.output import OutputError, read_info
 from dvid2ng.worker.shard_reader import DEFAULT_WINDOW, Encodings, ShardContents, ShardReader
 
 EXIT_OK, EXIT_GAPS, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -151,6 +151,21 @@ class UsageError(Exception):
     pass
 
 
+def _context(window: int):
+    """TensorStore I/O for many small range reads at once: `window` shards in flight, each with
+    its minishard index reads; no chunk cache (nothing is read twice). GCS keeps TensorStore's
+    default of 32 concurrent requests."""
+    import tensorstore as ts
+
+    return ts.Context(
+        {
+            "data_copy_concurrency": {"limit": 4},
+            "file_io_concurrency": {"limit": max(8, window)},
+            "cache_pool": {"total_bytes_limit": 0},
+        }
+    )
+
+
 @dataclass
 class VerifyOptions:
     scales: list[int] | None = None
@@ -167,7 +182,7 @@ class VerifyOptions:
 
 def verify_volume(source: Path, dest: str, opts: VerifyOptions) -> list[ScaleResult]:
     """Check every chosen scale; raises UsageError for bad input (nothing checked)."""
-    context = io_context(threads=8)
+    context = _context(opts.window)
     try:
         info = read_info(dest, context)
         spec = VolumeSpec.from_json(info, source=f"{dest}/info")
@@ -238,9 +253,11 @@ def _verify_transcode_scale(
         )
     z = scale_z_compress(scale.index, opts.z_compress)
     by_shard: dict[int, ExportFile] = {}
+    placements: dict[int, FilePlacement] = {}
     for f in files:
         try:
-            shard = place_dvid_file(scale, f.stem, z).shard
+            placement = place_dvid_file(scale, f.stem, z)
+            shard = placement.shard
         except ValueError as e:
             res.problems.append(f"{display_name(f.arrow)}: {e}")
             continue
@@ -251,6 +268,7 @@ def _verify_transcode_scale(
             )
             continue
         by_shard[shard] = f
+        placements[shard] = placement
     shards = sorted(set(by_shard) | set(present))
     contents = reader.iter_contents([s for s in shards if s in present], window=opts.window)
     bar = ScanProgress(
@@ -267,7 +285,7 @@ def _verify_transcode_scale(
             if f is None:
                 _classify_unexpected(r, got)
             else:
-                _check_against_source(r, got, f, scale, z, reader, opts)
+                _check_against_source(r, got, f, placements[shard], z, reader, opts)
             if got is not None:  # after --values, whose chunk reads count too
                 res.requests += got.requests
                 res.bytes_read += got.bytes_read
@@ -294,13 +312,12 @@ def _check_against_source(
     r: ShardResult,
     got: ShardContents | None,
     f: ExportFile,
-    scale: Scale,
+    placement: FilePlacement,
     z: int,
     reader: ShardReader,
     opts: VerifyOptions,
 ) -> None:
     r.source = display_name(f.arrow)
-    placement = place_dvid_file(scale, f.stem, z)
     try:
         src = SourceChunks.load(f, r.source, placement, z + 1, opts.label_mode == "supervoxels")
     except SourceError as e:
@@ -349,6 +366,8 @@ def _missing_or_empty(r: ShardResult, src: SourceChunks) -> None:
 
 def _compare_present(r: ShardResult, got: ShardContents, src: SourceChunks) -> None:
     r.output_chunks = got.chunk_count
+    if np.array_equal(got.chunk_ids, src.inside_ids):
+        return  # the common case: every source chunk stored, nothing else
     foreign = np.setdiff1d(got.chunk_ids, src.inside_ids, assume_unique=True)
     if len(foreign):
         coords = decode_morton_codes(foreign[:1], src.scale.bits)[0]
@@ -515,14 +534,14 @@ def _verify_downsample_scale(
         return res
     candidates: set[int] = set(present)
     for p in parents_present:
-        lo, hi = shard_bounds(parent, p)
+        lo, hi = fast_shard_bounds(parent, p)
         clo, chi = _box_to_child(parent, child, f, lo, hi)
         candidates.update(_shards_in_box(child, clo, chi))
     shards = sorted(candidates)
     # the parent shards feeding each child shard, read in one pipelined stream
     feeds: list[list[int]] = []
     for c in shards:
-        lo, hi = shard_bounds(child, c)
+        lo, hi = fast_shard_bounds(child, c)
         plo, phi = _box_to_parent(parent, child, f, lo, hi)
         feeds.append([p for p in _shards_in_box(parent, plo, phi) if p in parents_present])
     parent_stream = preader.iter_contents([p for fl in feeds for p in fl], window=opts.window)

@@ -9,16 +9,17 @@ belongs to another shard, which happens when DVID's cubic file names collide.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from dvid2ng.schemas.sharding import (
     Chunk,
     dvid_shard_dim_voxels,
     parse_dvid_file_stem,
-    shard_bounds,
     shard_name,
     shard_of_chunk,
     shard_of_dvid_file,
+    shard_origin,
     shard_shape,
 )
 from dvid2ng.schemas.spec import DVID_BLOCK, Scale
@@ -58,16 +59,44 @@ class FilePlacement:
         return shard_of_chunk(self.scale, chunk)
 
 
+@functools.lru_cache(maxsize=256)
+def _geometry(scale: Scale) -> tuple[Chunk, int, tuple[tuple[int, int], ...]]:
+    """(shard shape, DVID cube side in chunks, per shard bit the (axis, shift) it sets in the
+    shard origin): the bit walk of `schemas.sharding.shard_origin`, done once per scale."""
+    shape = shard_shape(scale)
+    side = dvid_shard_dim_voxels(scale) // DVID_BLOCK
+    bits = []
+    for i in range(scale.sharding.shard_bits):
+        origin = shard_origin(scale, 1 << i)
+        axes = [(d, o.bit_length() - 1) for d, o in enumerate(origin) if o]
+        if not axes:
+            break  # bits past the grid's: every higher shard number is outside it
+        bits.append(axes[0])
+    return shape, side, tuple(bits)
+
+
+def fast_shard_bounds(scale: Scale, shard: int) -> tuple[Chunk, Chunk]:
+    """`schemas.sharding.shard_bounds` with the bit walk cached per scale (tests keep the two
+    equal); verify calls it once per shard of a 26,000-shard listing."""
+    shape, _, bits = _geometry(scale)
+    lo = [0, 0, 0]
+    for i, (d, shift) in enumerate(bits):
+        if (shard >> i) & 1:
+            lo[d] |= 1 << shift
+    hi = tuple(min(g, o + s) for g, o, s in zip(scale.grid, lo, shape, strict=True))
+    return tuple(lo), hi  # type: ignore[return-value]
+
+
 def place_dvid_file(scale: Scale, stem: str, z_compress: int = 0) -> FilePlacement:
     """Placement of DVID file `stem` (X_Y_Z voxel origin at DVID's resolution) in the output
     `scale`; `z_compress` is the scale's own (0 except for a Z-compressed s0). Raises ValueError
     when the name is not X_Y_Z or points outside the grid."""
     shard = shard_of_dvid_file(scale, stem, z_compress)
-    lo, hi = shard_bounds(scale, shard)
+    lo, hi = fast_shard_bounds(scale, shard)
     origin = parse_dvid_file_stem(stem)
     # DVID blocks are 64^3 at DVID's resolution; with z-compress one block is one output chunk,
     # so DVID block coordinates are output chunk coordinates in both cases.
-    side = dvid_shard_dim_voxels(scale) // DVID_BLOCK
+    side = _geometry(scale)[1]
     dvid_lo = tuple(o // DVID_BLOCK for o in origin)
     dvid_hi = tuple(v + side for v in dvid_lo)
     return FilePlacement(scale, stem, shard, lo, hi, dvid_lo, dvid_hi)  # type: ignore[arg-type]

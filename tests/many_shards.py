@@ -143,3 +143,33 @@ def make_many_shards(
         made += 1
         shard += 1
     return source, dest, spec_path
+
+
+_MEASURE = """
+import json, resource, sys, time
+from dvid2ng.dispatcher.cli import main
+t = time.perf_counter()
+code = main(sys.argv[2:])
+seconds = time.perf_counter() - t
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+open(sys.argv[1], "w").write(json.dumps({"code": code, "seconds": seconds, "peak_rss": peak}))
+"""
+
+
+def run_measured(argv: list[str], out: Path, env: dict | None = None) -> dict:
+    """Run `dvid2ng <argv>` in a fresh process; its exit code, wall seconds (after imports)
+    and its own peak RSS in bytes."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-c", _MEASURE, str(out), *argv],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    if not out.exists():
+        raise RuntimeError(f"dvid2ng {argv} crashed: {proc.stderr[-2000:]}")
+    result = json.loads(out.read_text())
+    result["stdout"], result["stderr"] = proc.stdout, proc.stderr
+    return result
