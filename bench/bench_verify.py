@@ -56,8 +56,14 @@ def main() -> int:
     p.add_argument("--gcs", action="store_true", help="verify gs:// on the GCS emulator")
     p.add_argument("--keep", type=Path, default=None, help="work in this folder and keep it")
     args = p.parse_args()
-    root = args.keep or Path(tempfile.mkdtemp(prefix="bench-verify-"))
-    root.mkdir(parents=True, exist_ok=True)
+    if args.keep:
+        args.keep.mkdir(parents=True, exist_ok=True)
+        return run(args, args.keep)
+    with tempfile.TemporaryDirectory(prefix="bench-verify-") as tmp:
+        return run(args, Path(tmp))
+
+
+def run(args: argparse.Namespace, root: Path) -> int:
     import time
 
     t = time.perf_counter()

@@ -109,46 +109,102 @@ def decode_minishard_index(
     stream), and that every chunk's data lies between the shard index and this minishard index
     (where the format puts it). `minishard` only names it in errors.
     """
-    where = f"minishard {minishard} index" if minishard >= 0 else "minishard index"
-    data = bytes(raw)
-    limit = 24 * max_entries
-    if encoding == "gzip":
-        data = _gunzip(data, where, limit + 1)
-    elif encoding != "raw":
+    index, _ = decode_minishard_indices(
+        [(minishard, index_start, raw)],
+        encoding=encoding,
+        index_bytes=index_bytes,
+        max_entries=max_entries,
+    )
+    return index
+
+
+def decode_minishard_indices(
+    parts: list[tuple[int, int, bytes | memoryview]],
+    *,
+    encoding: str,
+    index_bytes: int,
+    max_entries: int,
+) -> tuple[MinishardIndex, np.ndarray]:
+    """Decode the minishard indices of one shard at once: `parts` holds (minishard number,
+    index start in the file, raw bytes). Returns the entries of all of them (in the order
+    given, each minishard's ascending) and the minishard of each entry. Same checks as
+    `decode_minishard_index`, done with a few numpy passes instead of a few per minishard."""
+    if encoding not in ("gzip", "raw"):
         raise ValueError(f"unknown minishard_index_encoding {encoding!r}")
-    if len(data) > limit:
-        raise ShardFormatError(
-            f"{where} lists more than {max_entries} chunks, more than a minishard can hold"
-        )
-    if len(data) == 0 or len(data) % 24:
-        raise ShardFormatError(
-            f"{where} decodes to {len(data)} bytes, not a non-empty multiple of 24 "
-            "(3 x n uint64: ids, offsets, sizes)"
-        )
-    rows = np.frombuffer(data, dtype="<u8").reshape(3, -1).astype(np.uint64)
-    deltas, offs, sizes = rows
-    if len(deltas) > 1 and not deltas[1:].all():
-        dup = int(np.flatnonzero(deltas[1:] == 0)[0]) + 1
-        raise ShardFormatError(f"{where}: chunk id repeated at entry {dup}")
-    if (offs >= _MAX_OFFSET).any() or (sizes >= _MAX_OFFSET).any():
-        raise ShardFormatError(f"{where}: chunk offsets or sizes above 2^40 bytes (corrupt index)")
+    limit = 24 * max_entries
+    views, lengths = [], []
+    for m, _, raw in parts:
+        where = _where(m)
+        data = _gunzip(bytes(raw), where, limit + 1) if encoding == "gzip" else bytes(raw)
+        if len(data) > limit:
+            raise ShardFormatError(
+                f"{where} lists more than {max_entries} chunks, more than a minishard can hold"
+            )
+        if len(data) == 0 or len(data) % 24:
+            raise ShardFormatError(
+                f"{where} decodes to {len(data)} bytes, not a non-empty multiple of 24 "
+                "(3 x n uint64: ids, offsets, sizes)"
+            )
+        views.append(np.frombuffer(data, dtype="<u8").reshape(3, -1))
+        lengths.append(views[-1].shape[1])
+    if not parts:
+        empty = np.zeros(0, np.uint64)
+        return MinishardIndex(empty, empty, empty), np.zeros(0, np.int64)
+    n = np.asarray(lengths)
+    first = np.concatenate([[0], np.cumsum(n)[:-1]])  # first entry of each minishard
+    seg = np.repeat(np.arange(len(parts)), n)
+    deltas, offs, sizes = (
+        np.concatenate([v[r] for v in views]).astype(np.uint64) for r in range(3)
+    )
+    is_first = np.zeros(len(deltas), bool)
+    is_first[first] = True
+
+    def fail(mask: np.ndarray, what) -> None:
+        bad = np.flatnonzero(mask)
+        if len(bad):
+            i = int(bad[0])
+            k = int(seg[i])
+            raise ShardFormatError(f"{_where(parts[k][0])}: {what(i, i - int(first[k]))}")
+
+    fail((deltas == 0) & ~is_first, lambda i, e: f"chunk id repeated at entry {e}")
+    fail(
+        (offs >= _MAX_OFFSET) | (sizes >= _MAX_OFFSET),
+        lambda i, e: "chunk offsets or sizes above 2^40 bytes (corrupt index)",
+    )
     with np.errstate(over="ignore"):
-        ids = np.cumsum(deltas, dtype=np.uint64)
+        ids = _segment_cumsum(deltas, first, n)
         # start_i = end_(i-1) + off_i, with end_(-1) = 0 (relative to the end of the shard index)
-        ends = np.cumsum(offs + sizes, dtype=np.uint64)
-    if len(ids) > 1 and ((ids[1:] <= ids[:-1]).any() or (ends[1:] < ends[:-1]).any()):
-        raise ShardFormatError(f"{where}: chunk ids or offsets overflow 64 bits (corrupt index)")
+        ends = _segment_cumsum(offs + sizes, first, n)
+    later = ~is_first[1:]
+    fail(
+        np.concatenate([[False], ((ids[1:] <= ids[:-1]) | (ends[1:] < ends[:-1])) & later]),
+        lambda i, e: "chunk ids or offsets overflow 64 bits (corrupt index)",
+    )
     starts_rel = ends - sizes
-    data_end = index_start - index_bytes  # chunk data must end before this minishard index
-    over = np.flatnonzero(ends > np.uint64(max(0, data_end)))
-    if len(over):
-        i = int(over[0])
-        raise ShardFormatError(
-            f"{where}: chunk {int(ids[i])} data [{int(starts_rel[i]) + index_bytes}, "
+    data_end = np.repeat(
+        np.array([max(0, start - index_bytes) for _, start, _ in parts], np.uint64), n
+    )  # chunk data must end before its minishard index
+    fail(
+        ends > data_end,
+        lambda i, e: (
+            f"chunk {int(ids[i])} data [{int(starts_rel[i]) + index_bytes}, "
             f"{int(ends[i]) + index_bytes}) runs into or past the minishard index at byte "
-            f"{index_start}"
-        )
-    return MinishardIndex(ids, starts_rel + np.uint64(index_bytes), sizes)
+            f"{parts[int(seg[i])][1]}"
+        ),
+    )
+    minishards = np.repeat(np.array([m for m, _, _ in parts], np.int64), n)
+    return MinishardIndex(ids, starts_rel + np.uint64(index_bytes), sizes), minishards
+
+
+def _where(minishard: int) -> str:
+    return f"minishard {minishard} index" if minishard >= 0 else "minishard index"
+
+
+def _segment_cumsum(values: np.ndarray, first: np.ndarray, n: np.ndarray) -> np.ndarray:
+    """Cumulative sums restarting at each segment (uint64, wrapping like np.cumsum)."""
+    total = np.cumsum(values, dtype=np.uint64)
+    before = np.concatenate([[np.uint64(0)], total[first[1:] - 1]]).astype(np.uint64)
+    return total - np.repeat(before, n)
 
 
 def _gunzip(data: bytes, where: str, max_out: int) -> bytes:

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from dvid2ng.schemas.shard_format import (
     ShardFormatError,
     decode_minishard_index,
+    decode_minishard_indices,
     encode_minishard_index,
     encode_shard,
     parse_shard_index,
@@ -47,6 +48,13 @@ def _parse_all(data: bytes, minishard_bits: int, preshift: int, encoding="gzip")
     index = parse_shard_index(data[:n], minishard_bits)
     assert index.file_size == len(data)
     out = {}
+    parts = [
+        (int(m), int(index.starts[m]), data[int(index.starts[m]) : int(index.ends[m])])
+        for m in index.nonempty
+    ]
+    batch, minis = decode_minishard_indices(
+        parts, encoding=encoding, index_bytes=n, max_entries=1 << preshift
+    )
     for m in index.nonempty:
         s, e = int(index.starts[m]), int(index.ends[m])
         mi = decode_minishard_index(
@@ -59,6 +67,11 @@ def _parse_all(data: bytes, minishard_bits: int, preshift: int, encoding="gzip")
         )
         for cid, start, size in zip(mi.chunk_ids, mi.starts, mi.sizes, strict=True):
             out[int(cid)] = (int(m), data[int(start) : int(start + size)])
+    # the batched decoder (what verify uses) gives the same entries, minishard by minishard
+    assert {
+        int(c): (int(m), data[int(st) : int(st + z)])
+        for c, st, z, m in zip(batch.chunk_ids, batch.starts, batch.sizes, minis, strict=True)
+    } == out
     return out
 
 
@@ -166,6 +179,22 @@ def test_minishard_index_errors():
     huge = np.array([[1], [0], [1 << 45]], "<u8").tobytes()
     with pytest.raises(ShardFormatError, match="above 2\\^40"):
         _ms(huge, encoding="raw")
+
+
+def test_batched_errors_name_the_minishard():
+    good = encode_minishard_index(np.array([1, 2], np.uint64), [0, 2], [2, 3])
+    dup = encode_minishard_index(np.array([4, 4], np.uint64), [0, 2], [2, 3])
+    kw = {"encoding": "gzip", "index_bytes": 32, "max_entries": 8}
+    with pytest.raises(
+        ShardFormatError, match=r"^minishard 3 index: chunk id repeated at entry 1$"
+    ):
+        decode_minishard_indices([(1, 1000, good), (3, 2000, dup)], **kw)
+    with pytest.raises(
+        ShardFormatError, match=r"^minishard 5 index: chunk 2 data \[34, 37\) runs into"
+    ):
+        decode_minishard_indices([(1, 1000, good), (5, 36, good)], **kw)
+    mi, minis = decode_minishard_indices([(1, 1000, good), (3, 2000, good)], **kw)
+    assert mi.chunk_ids.tolist() == [1, 2, 1, 2] and minis.tolist() == [1, 1, 3, 3]
 
 
 def test_a_whole_shard_round_trips():

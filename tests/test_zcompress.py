@@ -151,6 +151,9 @@ def test_zdoubled_export_converts_to_the_native_volume(zdoubled_export, capsys):
         assert got.shape == want.shape
         assert np.array_equal(got, want), f"scale {scale} differs from the native-Z volume"
     capsys.readouterr()
+    # resuming re-plans with the same mapping: every shard is found finished
+    assert main([*base, "--z-compress", str(n)]) == 0
+    assert "already finished before this run" in capsys.readouterr().err
     # verify and validate-dvid apply the same mapping
     verify = ["verify", str(root / "export"), str(dest), "--no-progress", "--values", "3"]
     assert main(verify) == 2, "DEST's s0 chunk says Z-compressed: verify needs the flag"

@@ -25,7 +25,7 @@ from dvid2ng.kernels.morton_decode import decode_morton_codes
 from dvid2ng.schemas.shard_format import (
     MinishardIndex,
     ShardFormatError,
-    decode_minishard_index,
+    decode_minishard_indices,
     parse_shard_index,
     shard_index_bytes,
     split_chunk_ids,
@@ -187,8 +187,7 @@ class ShardReader:
         out = p.out
         if out.error or p.shard_index is None:
             return out
-        parts: list[MinishardIndex] = []
-        sh = self.scale.sharding
+        raw: list[tuple[int, int, bytes]] = []
         for m, start, end, fut in p.minishards or []:
             try:
                 got = fut.result()
@@ -196,47 +195,44 @@ class ShardReader:
                 out.error = _read_error(f"minishard {m} index", start, end, e)
                 return out
             out.bytes_read += end - start
-            try:
-                mi = decode_minishard_index(
-                    got.value,
-                    encoding=self.encodings.minishard_index,
-                    index_bytes=self.index_bytes,
-                    index_start=start,
-                    max_entries=1 << min(sh.preshift_bits, 40),
-                    minishard=m,
-                )
-            except ShardFormatError as e:
-                out.error = str(e)
-                return out
-            problem = self._misplaced(mi, out.shard, m)
-            if problem:
-                out.error = problem
-                return out
-            parts.append(mi)
-        if parts:
-            out.chunk_ids = np.concatenate([mi.chunk_ids for mi in parts])
-            out.chunk_starts = np.concatenate([mi.starts for mi in parts])
-            out.chunk_sizes = np.concatenate([mi.sizes for mi in parts])
-            order = np.argsort(out.chunk_ids, kind="stable")
-            out.chunk_ids, out.chunk_starts, out.chunk_sizes = (
-                out.chunk_ids[order],
-                out.chunk_starts[order],
-                out.chunk_sizes[order],
+            raw.append((m, start, got.value))
+        sh = self.scale.sharding
+        try:  # all minishard indices of the shard in a few numpy passes
+            mi, minishards = decode_minishard_indices(
+                raw,
+                encoding=self.encodings.minishard_index,
+                index_bytes=self.index_bytes,
+                max_entries=1 << min(sh.preshift_bits, 40),
             )
+        except ShardFormatError as e:
+            out.error = str(e)
+            return out
+        problem = self._misplaced(mi, out.shard, minishards)
+        if problem:
+            out.error = problem
+            return out
+        order = np.argsort(mi.chunk_ids, kind="stable")
+        out.chunk_ids, out.chunk_starts, out.chunk_sizes = (
+            mi.chunk_ids[order],
+            mi.starts[order],
+            mi.sizes[order],
+        )
         return out
 
-    def _misplaced(self, mi: MinishardIndex, shard: int, minishard: int) -> str:
-        """Why chunk ids of minishard `minishard` cannot be in this shard file ('' if fine)."""
+    def _misplaced(self, mi: MinishardIndex, shard: int, minishards: np.ndarray) -> str:
+        """Why chunk ids listed in this shard file cannot be there ('' if all are fine):
+        another shard's or minishard's id, or one outside the chunk grid."""
         sh = self.scale.sharding
         shards, minis = split_chunk_ids(
             mi.chunk_ids, sh.preshift_bits, sh.minishard_bits, sh.shard_bits
         )
-        bad = np.flatnonzero((shards != np.uint64(shard)) | (minis != np.uint64(minishard)))
+        bad = np.flatnonzero((shards != np.uint64(shard)) | (minis != minishards.astype(np.uint64)))
         if len(bad):
-            cid = int(mi.chunk_ids[bad[0]])
+            i = int(bad[0])
             return (
-                f"minishard {minishard} index lists chunk id {cid}, which belongs to shard "
-                f"{int(shards[bad[0]])} minishard {int(minis[bad[0]])} ({len(bad)} such ids)"
+                f"minishard {int(minishards[i])} index lists chunk id {int(mi.chunk_ids[i])}, "
+                f"which belongs to shard {int(shards[i])} minishard {int(minis[i])} "
+                f"({len(bad)} such ids)"
             )
         total = self.scale.total_bits
         coords = decode_morton_codes(mi.chunk_ids, self.scale.bits)
@@ -245,8 +241,8 @@ class ShardReader:
         if outside.any():
             i = int(np.flatnonzero(outside)[0])
             return (
-                f"minishard {minishard} index lists chunk id {int(mi.chunk_ids[i])}, outside the "
-                f"chunk grid {list(self.scale.grid)} ({int(outside.sum())} such ids)"
+                f"minishard {int(minishards[i])} index lists chunk id {int(mi.chunk_ids[i])}, "
+                f"outside the chunk grid {list(self.scale.grid)} ({int(outside.sum())} such ids)"
             )
         return ""
 
