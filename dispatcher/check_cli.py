@@ -74,7 +74,7 @@ def add_validate_parser(sub) -> None:
         epilog=VALIDATE_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("source", type=Path, metavar="SOURCE", help="DVID export folder (s0/, ...)")
+    p.add_argument("source", metavar="SOURCE", help="DVID export folder (s0/, ...) or gs:// URL")
     p.add_argument(
         "--spec",
         required=True,
@@ -121,7 +121,7 @@ def add_verify_parser(sub) -> None:
         epilog=VERIFY_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("source", type=Path, metavar="SOURCE", help="the DVID export folder")
+    p.add_argument("source", metavar="SOURCE", help="the DVID export folder (or its gs:// URL)")
     p.add_argument("dest", metavar="DEST", help="the output volume (path, file:// or gs:// URL)")
     p.add_argument(
         "--scales",

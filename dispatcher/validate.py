@@ -140,7 +140,10 @@ def validate_file(
     rng = random.Random(f"{seed}:{f.scale}:{f.stem}")
     reservoir: list[_Sampled] = []
     try:
-        with ExportFileReader(f.arrow, f.csv) as reader:
+        from dvid2ng.dvidexport.storage import source_file
+
+        arrow = source_file(f.arrow, f.gcs_generation, f.size)  # gs://: the listed generation
+        with ExportFileReader(arrow, f.csv, name=rep.file) as reader:
             for rec in reader:
                 rep.records += 1
                 chunk = rec.chunk
@@ -255,7 +258,7 @@ class UsageError(Exception):
 
 
 def validate_export(
-    source: Path,
+    source: Path | str,
     spec: VolumeSpec,
     *,
     scales: list[int] | None = None,
@@ -272,8 +275,10 @@ def validate_export(
 
     try:
         export = list_export(source)
-    except (FileNotFoundError, ExportFormatError) as e:
+    except (OSError, ExportFormatError) as e:
         raise UsageError(str(e)) from None
+    except Exception as e:  # gs://: bucket missing, no credentials, ...
+        raise UsageError(f"cannot list SOURCE {source}: {e}") from None
     if not export:
         raise UsageError(f"{source} holds no s<N>/ folders with .arrow files")
     chosen = sorted(export) if scales is None else sorted(set(scales))
@@ -291,7 +296,7 @@ def validate_export(
         risk = naming_collision_risk(spec.scales[s])
         if risk:
             reports[s].warnings.append(f"file-name collisions possible: {risk}")
-    if not (source / "export.log").exists():
+    if not _has_export_log(source):
         reports[chosen[0]].warnings.append(
             "no export.log in SOURCE: DVID writes it when the export has finished"
         )
@@ -309,6 +314,16 @@ def validate_export(
         _cross_file_checks(reports[s], spec.scales[s])
         reports[s].files.sort(key=lambda r: r.stem)
     return [reports[s] for s in chosen]
+
+
+def _has_export_log(source: Path | str) -> bool:
+    from dvid2ng.dvidexport.storage import source_file
+
+    try:
+        source_file(f"{str(source).rstrip('/')}/export.log").size()
+        return True
+    except Exception:  # missing (FileNotFoundError, or the GCS client's own errors)
+        return False
 
 
 def _run_files(files, spec, z_compress, sample, seed, jobs, bar):
@@ -364,7 +379,9 @@ def _cross_file_checks(rep: ScaleReport, scale: Scale) -> None:
 # --- reporting ----------------------------------------------------------------------------------
 
 
-def report_json(reports: list[ScaleReport], source: Path, spec_path: Path, args) -> dict[str, Any]:
+def report_json(
+    reports: list[ScaleReport], source: Path | str, spec_path: Path, args
+) -> dict[str, Any]:
     return {
         "command": "validate-dvid",
         "ok": all(r.problem_total == 0 for r in reports),
@@ -442,9 +459,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"dvid2ng validate-dvid: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     jobs = args.jobs
+    source = args.source if str(args.source).startswith("gs://") else Path(args.source)
     try:
         reports = validate_export(
-            args.source,
+            source,
             spec,
             scales=args.scales,
             z_compress=args.z_compress,
@@ -462,7 +480,7 @@ def run(args: argparse.Namespace) -> int:
     print_report(reports)
     if args.json_report:
         args.json_report.write_text(
-            json.dumps(report_json(reports, args.source, args.spec, args), indent=2)
+            json.dumps(report_json(reports, source, args.spec, args), indent=2)
         )
     bad = sum(r.problem_total for r in reports)
     if bad:

@@ -34,6 +34,7 @@ import numpy as np
 from dvid2ng.dispatcher.scan_progress import ScanProgress
 from dvid2ng.dispatcher.verify_source import SourceChunks, SourceError, check_absent
 from dvid2ng.dvidexport.reader import ExportFile, display_name, list_export
+from dvid2ng.dvidexport.storage import is_gcs
 from dvid2ng.kernels import CsegDecodeError, compressed_morton_codes, decode_cseg
 from dvid2ng.kernels.morton_decode import decode_morton_codes
 from dvid2ng.schemas.dvid import ExportFormatError
@@ -180,7 +181,7 @@ class VerifyOptions:
 # --- the volume -----------------------------------------------------------------------------------
 
 
-def verify_volume(source: Path, dest: str, opts: VerifyOptions) -> list[ScaleResult]:
+def verify_volume(source: Path | str, dest: str, opts: VerifyOptions) -> list[ScaleResult]:
     """Check every chosen scale; raises UsageError for bad input (nothing checked)."""
     context = _context(opts.window)
     try:
@@ -188,15 +189,12 @@ def verify_volume(source: Path, dest: str, opts: VerifyOptions) -> list[ScaleRes
         spec = VolumeSpec.from_json(info, source=f"{dest}/info")
     except (OutputError, SpecError, ValueError) as e:
         raise UsageError(str(e)) from None
-    if "://" in str(source):
-        raise UsageError(
-            f"SOURCE {source}: only local export folders are read here (gs:// sources come "
-            "with the fleet)"
-        )
     try:
         export = list_export(source)
-    except (FileNotFoundError, ExportFormatError) as e:
+    except (OSError, ExportFormatError) as e:
         raise UsageError(str(e)) from None
+    except Exception as e:  # gs://: bucket missing, no credentials, ...
+        raise UsageError(f"cannot list SOURCE {source}: {e}") from None
     extra = [s for s in export if s >= len(spec.scales)]
     if extra:
         raise UsageError(
@@ -759,8 +757,9 @@ def run(args: argparse.Namespace) -> int:
     )
     if origin != "given":
         print(f"dvid2ng verify: label mode {mode} ({origin})", file=sys.stderr)
+    source = args.source if is_gcs(args.source) else Path(args.source)
     try:
-        results = verify_volume(args.source, args.dest, opts)
+        results = verify_volume(source, args.dest, opts)
     except UsageError as e:
         print(f"dvid2ng verify: error: {e}", file=sys.stderr)
         return EXIT_USAGE

@@ -24,6 +24,7 @@ import numpy as np
 
 from dvid2ng.dvidexport.fast_index import read_chunk_index
 from dvid2ng.dvidexport.reader import ChunkRecord, ExportFile, ExportFileReader, decompress_block
+from dvid2ng.dvidexport.storage import source_file
 from dvid2ng.kernels import (
     KernelError,
     compressed_morton_codes,
@@ -41,6 +42,12 @@ RANDOM_ACCESS_FRACTION = 0.25  # above this share of records, one streaming pass
 
 class SourceError(Exception):
     """The source file cannot be read as needed; the message names file, chunk and cause."""
+
+
+def arrow_source(f: ExportFile):
+    """The .arrow file to read: local, or on GCS pinned to the generation that was listed (a
+    file re-exported while verifying is an error, not a mix of two exports)."""
+    return source_file(f.arrow, f.gcs_generation, f.size)
 
 
 @dataclass
@@ -77,7 +84,7 @@ class SourceChunks:
                 src.index = read_chunk_index(f.csv, name.removesuffix(".arrow") + ".csv")
                 coords = src.index.coords()
             else:
-                with ExportFileReader(f.arrow) as reader:
+                with ExportFileReader(arrow_source(f), name=name) as reader:
                     coords = reader.coordinates()
         except ExportFormatError as e:
             raise SourceError(str(e)) from None
@@ -122,7 +129,7 @@ class SourceChunks:
             return
         try:
             index = self.index
-            with ExportFileReader(self.file.arrow) as reader:
+            with ExportFileReader(arrow_source(self.file), name=self.name) as reader:
                 if (
                     index is not None
                     and index.has_offsets

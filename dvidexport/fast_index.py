@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
+from dvid2ng.dvidexport.storage import SourceFile, source_file
 from dvid2ng.schemas.dvid import LAYOUT_COLUMNS, ChunkIndex, parse_chunk_index
 
 _HEADERS = {",".join(cols): name for name, cols in LAYOUT_COLUMNS.items()}
@@ -24,10 +25,12 @@ _INT64_DIGITS = 19  # longer numbers cannot fit int64: the slow parser decides
 SMALL_BODY = 64 << 10  # below this, Python's split beats Arrow's fixed cost (~0.5 ms)
 
 
-def read_chunk_index(path: str | Path, name: str | None = None) -> ChunkIndex:
-    """The parsed CSV chunk index of `path` (ExportFormatError naming `name` when malformed)."""
-    raw = Path(path).read_bytes()
-    name = name or str(path)
+def read_chunk_index(path: str | Path | SourceFile, name: str | None = None) -> ChunkIndex:
+    """The parsed CSV chunk index of `path` (a local path, gs:// URL or SourceFile;
+    ExportFormatError naming `name` when malformed)."""
+    src = source_file(path)
+    raw = src.read_all()
+    name = name or src.url
     fast = _fast_parse(raw)
     if fast is not None:
         return fast
