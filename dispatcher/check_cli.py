@@ -138,7 +138,18 @@ def add_verify_parser(sub) -> None:
         help="also decode N random chunks per shard on both sides and compare every voxel",
     )
     p.add_argument(
-        "--z-compress", type=z_compress_arg, default=0, metavar="N", help=Z_COMPRESS_HELP
+        "--z-compress",
+        type=z_compress_arg,
+        default=None,
+        metavar="N",
+        help=Z_COMPRESS_HELP.replace("(default 0)", "(default: from the run state, else 0)"),
+    )
+    p.add_argument(
+        "--downsample-method",
+        choices=["mode", "dvid"],
+        default=None,
+        help="rule --values recomputes downsampled scales with (default: the one recorded by "
+        "`run --downres`, else mode)",
     )
     mode = p.add_mutually_exclusive_group()
     mode.add_argument(

@@ -173,6 +173,7 @@ class VerifyOptions:
     values: int | None = None
     z_compress: int = 0
     label_mode: str = "labels"
+    downsample_method: str | None = None  # None: from the pyramid record, else mode
     seed: int = 0
     window: int = DEFAULT_WINDOW
     progress: bool = True
@@ -544,7 +545,11 @@ def _verify_downsample_scale(
         feeds.append([p for p in _shards_in_box(parent, plo, phi) if p in parents_present])
     parent_stream = preader.iter_contents([p for fl in feeds for p in fl], window=opts.window)
     child_stream = creader.iter_contents([c for c in shards if c in present], window=opts.window)
-    ds_view = _downsampled_parent(dest, parent, f, context) if opts.values else None
+    vote = None
+    if opts.values:
+        method, origin = downsample_method_of(dest, child.index, opts.downsample_method)
+        vote = ParentVote(dest, parent, f, method, context)
+        res.notes.append(f"--values recomputes chunks with the {method} rule ({origin})")
     bar = ScanProgress(
         len(shards), unit="shard", desc=f"verify s{child.index}", enabled=opts.progress
     )
@@ -579,7 +584,7 @@ def _verify_downsample_scale(
                 r.problems.append(parent_problem)
             _classify_child(r, got, want_ids, parent.index)
             if opts.values and got is not None and got.ok and len(want_ids):
-                _compare_downsampled(r, got, want_ids, child, creader, ds_view, opts)
+                _compare_downsampled(r, got, want_ids, child, creader, vote, opts)
             if got is not None:
                 res.requests += got.requests
                 res.bytes_read += got.bytes_read
@@ -623,25 +628,58 @@ def _classify_child(r: ShardResult, got, want_ids: np.ndarray, parent_index: int
     r.zero_chunks = len(np.setdiff1d(want_ids, got.chunk_ids, assume_unique=True))
 
 
-def _downsampled_parent(dest: str, parent: Scale, f, context):
-    import tensorstore as ts
+class ParentVote:
+    """The expected voxels of a downsampled chunk, recomputed from the parent scale as read by
+    TensorStore: `mode` is TensorStore's own `ts.downsample(..., "mode")`; `dvid` (DVID's rule,
+    background does not vote) votes the parent region with kernels.downsample_labels."""
 
-    from dvid2ng.worker.output import kvstore_spec
+    def __init__(self, dest: str, parent: Scale, factors, method: str, context) -> None:
+        import tensorstore as ts
 
-    vol = ts.open(
-        {
-            "driver": "neuroglancer_precomputed",
-            "kvstore": kvstore_spec(dest),
-            "scale_index": parent.index,
-        },
-        read=True,
-        context=context,
-    ).result()
-    vol = vol[ts.d[:].translate_to[0]]
-    return ts.downsample(vol, [f[0], f[1], f[2], 1], method="mode")
+        from dvid2ng.worker.output import kvstore_spec
+
+        if method == "dvid" and tuple(factors) != (2, 2, 2):
+            raise UsageError(
+                f"--downsample-method dvid recomputes 2x2x2 windows, but scale {parent.index + 1} "
+                f"is {list(factors)} of scale {parent.index}"
+            )
+        vol = ts.open(
+            {
+                "driver": "neuroglancer_precomputed",
+                "kvstore": kvstore_spec(dest),
+                "scale_index": parent.index,
+            },
+            read=True,
+            context=context,
+        ).result()
+        self.parent = vol[ts.d[:].translate_to[0]]
+        self.parent_size = parent.size
+        self.factors = tuple(factors)
+        self.method = method
+        if method == "mode":
+            self.view = ts.downsample(self.parent, [*self.factors, 1], method="mode")
+
+    def chunk(self, origin, extent) -> np.ndarray:
+        """ZYX voxels of the child region [origin, origin + extent) (x, y, z)."""
+        (x0, y0, z0), (nx, ny, nz) = origin, extent
+        if self.method == "mode":
+            region = self.view[x0 : x0 + nx, y0 : y0 + ny, z0 : z0 + nz, 0]
+            return np.asarray(region.read().result()).transpose(2, 1, 0)
+        from dvid2ng.kernels.downsample import downsample_labels
+
+        lo = [2 * v for v in (x0, y0, z0)]
+        hi = [
+            min(2 * (v + n), s)
+            for v, n, s in zip((x0, y0, z0), extent, self.parent_size, strict=True)
+        ]
+        parent = self.parent[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2], 0].read().result()
+        voted = downsample_labels(
+            np.ascontiguousarray(np.asarray(parent).transpose(2, 1, 0)), "dvid"
+        )
+        return voted[:nz, :ny, :nx]
 
 
-def _compare_downsampled(r, got, want_ids, child: Scale, creader, ds_view, opts) -> None:
+def _compare_downsampled(r, got, want_ids, child: Scale, creader, vote: ParentVote, opts) -> None:
     rng = random.Random(f"{opts.seed}:{child.index}:{r.shard}")
     picks = sorted(rng.sample(range(len(want_ids)), min(opts.values, len(want_ids))))
     ids = want_ids[picks]
@@ -649,11 +687,8 @@ def _compare_downsampled(r, got, want_ids, child: Scale, creader, ds_view, opts)
     futures = [creader.read_chunk_async(got, int(i)) for i in ids]
     for cid, chunk, fut in zip(ids, coords, futures, strict=True):
         chunk = tuple(int(v) for v in chunk)
-        x0, y0, z0 = (c * s for c, s in zip(chunk, child.chunk_size, strict=True))
-        nx, ny, nz = child.chunk_extent(chunk)
-        want = np.asarray(
-            ds_view[x0 : x0 + nx, y0 : y0 + ny, z0 : z0 + nz, 0].read().result()
-        ).transpose(2, 1, 0)
+        origin = tuple(c * s for c, s in zip(chunk, child.chunk_size, strict=True))
+        want = vote.chunk(origin, child.chunk_extent(chunk))
         if fut is None:
             have = np.zeros_like(want)
         else:
@@ -665,7 +700,26 @@ def _compare_downsampled(r, got, want_ids, child: Scale, creader, ds_view, opts)
                 r.problems.append(f"output chunk {chunk} (id {int(cid)}) cannot be decoded: {e}")
                 continue
         r.values_checked += 1
-        _report_difference(r, chunk, want, have, "mode of the parent")
+        _report_difference(r, chunk, want, have, f"{vote.method} vote of the parent")
+
+
+def downsample_method_of(dest: str, scale: int, given: str | None) -> tuple[str, str]:
+    """(rule that built `scale`, where that came from): the flag, else the pyramid record in
+    the local run state (DEST/.dvid2ng/pyramid.json), else TensorStore's mode."""
+    if given:
+        return given, "given"
+    try:
+        from dvid2ng.dispatcher.embedded import default_state_dir
+        from dvid2ng.dispatcher.pyramid_run import METHODS_FILE
+
+        path = default_state_dir(dest) / METHODS_FILE
+        if path.exists():
+            used = json.loads(path.read_text()).get(f"s{scale}")
+            if used in ("mode", "dvid"):
+                return used, f"from {path}"
+    except (OSError, ValueError):
+        pass
+    return "mode", "default"
 
 
 # --- reporting ----------------------------------------------------------------------------------
@@ -727,30 +781,52 @@ def print_report(results: list[ScaleResult], out=None) -> None:
             )
 
 
-def _label_mode_of(dest: str, given: str | None) -> tuple[str, str]:
-    """(label mode, where it came from): the flag, else the local run state, else bodies."""
-    if given:
-        return given, "given"
+def _run_state(dest: str) -> tuple[dict[str, Any], str]:
+    """(DEST's local run record, its path) or ({}, "") when there is none."""
     try:
         from dvid2ng.dispatcher.embedded import default_state_dir
 
         marker = default_state_dir(dest) / "run.json"
         if marker.exists():
-            mode = json.loads(marker.read_text()).get("label_mode")
-            if mode in ("labels", "supervoxels"):
-                return mode, f"from {marker}"
+            data = json.loads(marker.read_text())
+            if isinstance(data, dict):
+                return data, str(marker)
     except (OSError, ValueError):
         pass
+    return {}, ""
+
+
+def _label_mode_of(dest: str, given: str | None) -> tuple[str, str]:
+    """(label mode, where it came from): the flag, else the local run state, else bodies."""
+    if given:
+        return given, "given"
+    state, path = _run_state(dest)
+    if state.get("label_mode") in ("labels", "supervoxels"):
+        return state["label_mode"], f"from {path}"
     return "labels", "default"
+
+
+def _z_compress_of(dest: str, given: int | None) -> tuple[int, str]:
+    """(z_compress, where it came from): the flag, else the local run state, else 0."""
+    if given is not None:
+        return given, "given"
+    state, path = _run_state(dest)
+    if state.get("z_compress") in (1, 3, 7, 15, 31, 63):
+        return state["z_compress"], f"from {path}"
+    return 0, "default"
 
 
 def run(args: argparse.Namespace) -> int:
     mode, origin = _label_mode_of(args.dest, args.label_mode)
+    z_compress, z_origin = _z_compress_of(args.dest, args.z_compress)
+    if z_origin.startswith("from"):
+        print(f"dvid2ng verify: --z-compress {z_compress} ({z_origin})", file=sys.stderr)
     opts = VerifyOptions(
         scales=args.scales,
         values=args.values,
-        z_compress=args.z_compress,
+        z_compress=z_compress,
         label_mode=mode,
+        downsample_method=args.downsample_method,
         seed=args.seed,
         window=args.window,
         progress=not args.no_progress,

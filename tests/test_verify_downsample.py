@@ -112,5 +112,31 @@ def test_wrong_values_in_a_downsampled_scale(pyramid, tmp_path, capsys):
     assert code == 1
     problems = [p for s in report["scales"][1]["shards"] for p in s["problems"]]
     assert any(
-        "values differ in chunk (0, 0, 0)" in p and "mode of the parent" in p for p in problems
+        "values differ in chunk (0, 0, 0)" in p and "mode vote of the parent" in p for p in problems
     )
+
+
+def test_a_pyramid_built_with_the_dvid_rule(tmp_path, capsys):
+    """`run --downres 1 --downsample-method dvid` records the rule; verify --values recomputes
+    with it (and TensorStore's mode would disagree wherever the rules differ)."""
+    import numpy as np
+
+    from dvid2ng.kernels.downsample import downsample_labels
+    from tests.exports import read_scale_tensorstore
+
+    full, spec_path, _, _ = make_verify_export(tmp_path / "full", checker_holes=True)
+    source = tmp_path / "export"
+    shutil.copytree(full / "s0", source / "s0")
+    dest = tmp_path / "volume"
+    run = ["run", str(source), str(dest), "--spec", str(spec_path), "--no-progress"]
+    assert main([*run, "--scales", "0", "--downres", "1", "--downsample-method", "dvid"]) == 0
+    capsys.readouterr()
+    code, report, text = _run(capsys, source, dest, "--values", "64")
+    assert code == 0, text
+    assert any("dvid rule (from" in n for n in report["scales"][1]["notes"])
+    s0 = read_scale_tensorstore(str(dest), 0)
+    assert not np.array_equal(downsample_labels(s0, "mode"), downsample_labels(s0, "dvid"))
+    code, report, _ = _run(capsys, source, dest, "--values", "64", "--downsample-method", "mode")
+    assert code == 1, "TensorStore's mode disagrees in the checkered corner"
+    problems = [p for s in report["scales"][1]["shards"] for p in s["problems"]]
+    assert any("values differ in chunk (0, 0, 0)" in p for p in problems)

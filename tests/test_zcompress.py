@@ -159,7 +159,9 @@ def test_zdoubled_export_converts_to_the_native_volume(zdoubled_export, capsys):
     assert "finished before this run" in err and "0 converted by this run" in err
     # verify and validate-dvid apply the same mapping
     verify = ["verify", str(root / "export"), str(dest), "--no-progress", "--values", "3"]
-    assert main(verify) == 2, "DEST's s0 chunk says Z-compressed: verify needs the flag"
+    assert main([*verify, "--z-compress", "0"]) == 2, "DEST's s0 chunk says Z-compressed"
+    assert main(verify) == 0, "the run state says --z-compress N"
+    assert f"--z-compress {n} (from" in capsys.readouterr().err
     assert main([*verify, "--z-compress", str(n)]) == 0, capsys.readouterr()
     validate = ["validate-dvid", str(root / "export"), "--no-progress", "--jobs", "1"]
     assert main([*validate, "--spec", str(root / "native.json"), "--z-compress", str(n)]) == 0

@@ -54,11 +54,18 @@ class Conversion:
     bodies: dict[int, np.ndarray]
 
 
-def make_verify_export(root: Path, seed: int = 11) -> tuple[Path, Path, VolumeSpec, dict]:
+def make_verify_export(
+    root: Path, seed: int = 11, checker_holes: bool = False
+) -> tuple[Path, Path, VolumeSpec, dict]:
+    """checker_holes: background on every other voxel of a 32^3 corner, so the 2x2x2 windows
+    there hold 4 background voxels: TensorStore's mode picks 0, DVID's rule the label."""
     spec = VolumeSpec.from_json(VERIFY_SPEC)
     size = spec.scales[0].size
     s0 = synthetic_volume((size[2], size[1], size[0]), n_labels=40, seed=seed, big_ids=True)
     s0[:, :, BACKGROUND_FROM_X:] = 0
+    if checker_holes:
+        z, y, x = np.indices((32, 32, 32))
+        s0[:32, :32, :32][(x + y + z) % 2 == 0] = 0
     s1 = np.ascontiguousarray(s0[::2, ::2, ::2])
     to_body = synthetic_agglomeration(np.unique(s0), seed=seed)
     source = root / "export"
