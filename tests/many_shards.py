@@ -145,13 +145,16 @@ def make_many_shards(
     return source, dest, spec_path
 
 
+# VmHWM of the child's own address space: ru_maxrss would carry over the parent's RSS at fork
+# (Linux keeps it across exec), so a child of a big pytest process would report pytest's size.
 _MEASURE = """
-import json, resource, sys, time
+import json, sys, time
 from dvid2ng.dispatcher.cli import main
+from dvid2ng.worker.memory import peak_rss_bytes
 t = time.perf_counter()
 code = main(sys.argv[2:])
 seconds = time.perf_counter() - t
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+peak = peak_rss_bytes()
 open(sys.argv[1], "w").write(json.dumps({"code": code, "seconds": seconds, "peak_rss": peak}))
 """
 
