@@ -198,3 +198,17 @@ def test_planner_and_worker_apply_z_compress_to_s0_only(zdoubled_export, tmp_pat
     with pytest.raises(InputError, match=r"needs destination scale 0 chunks of"):
         z_stride(task, zd.scales[0])
     assert z_stride(task, spec.scales[0]) == n + 1
+
+
+def test_publish_takes_z_compress_too(zdoubled_export, tmp_path, capsys):
+    n, root, _ = zdoubled_export
+    pub = [
+        "publish",
+        str(root / "export"),
+        str(tmp_path / "v"),
+        "--spec",
+        str(root / "native.json"),
+    ]
+    assert main([*pub, "--dry-run"]) == 2
+    assert f"pass --z-compress {n}" in capsys.readouterr().err
+    assert main([*pub, "--dry-run", "--z-compress", str(n)]) == 0
