@@ -126,6 +126,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="1-12",
         help="libdeflate level of the gzipped chunk data (default 6; 1 is ~2x faster, ~15%% larger)",
     )
+    run.add_argument(
+        "--z-compress",
+        type=_z_compress,
+        default=0,
+        metavar="N",
+        help="Z-doubled source: s0 keeps every (N+1)-th Z slice; SPEC is the native-Z destination "
+        "spec, its s0 chunk 64x64x64/(N+1) (N in 0,1,3,7,15,31,63)",
+    )
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     from dvid2ng.dispatcher.pyramid_run import add_arguments as add_pyramid_arguments
 
@@ -172,10 +180,19 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--json", action="store_true", help="machine-readable output")
 
     from dvid2ng.dispatcher import fleet, view
+    from dvid2ng.dispatcher.check_cli import COMMANDS
 
     fleet.add_parsers(sub)
     view.add_parser(sub)
+    for add_parser, _ in COMMANDS.values():  # validate-dvid, verify
+        add_parser(sub)
     return p
+
+
+def _z_compress(text: str) -> int:
+    from dvid2ng.dispatcher.check_cli import z_compress_arg
+
+    return z_compress_arg(text)
 
 
 class RawHelp(argparse.RawDescriptionHelpFormatter):
@@ -216,6 +233,10 @@ def _main(argv: list[str] | None) -> int:
         from dvid2ng.dispatcher.fleet import run_command
 
         return run_command(args)
+    from dvid2ng.dispatcher.check_cli import COMMANDS
+
+    if args.command in COMMANDS:
+        return COMMANDS[args.command][1](args)
     return EXIT_USAGE
 
 
@@ -242,6 +263,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             spec,
             scales=args.scales,
             label_mode="supervoxels" if args.supervoxels else "labels",
+            z_compress=args.z_compress,
         )
         state_dir = prepare_state_dir(plan.dest)
     except PlanError as e:

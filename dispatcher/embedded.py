@@ -191,6 +191,8 @@ def _claim_run(state_dir: Path, plan: Plan) -> None:
         "source": source_name(plan.source),
         "label_mode": plan.label_mode,
     }
+    if plan.z_compress:  # verify reads it (it changes how file names map to shards)
+        config["z_compress"] = plan.z_compress
     if marker.exists():
         old = _read_marker(marker)
         if old.get("run_id") != plan.run_id:

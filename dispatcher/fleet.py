@@ -53,7 +53,7 @@ def _downres(text: str) -> list[int]:
 
 
 def add_parsers(sub: Any) -> None:
-    from dvid2ng.dispatcher.cli import RawHelp, _positive, _scales
+    from dvid2ng.dispatcher.cli import RawHelp, _positive, _scales, _z_compress
 
     q = sub.add_parser(
         "queues",
@@ -87,6 +87,13 @@ def add_parsers(sub: Any) -> None:
     pub.add_argument("--spec", required=True, metavar="SPEC.json")
     pub.add_argument("--scales", type=_scales, default=None, metavar="0,1,2")
     pub.add_argument("--supervoxels", action="store_true")
+    pub.add_argument(
+        "--z-compress",
+        type=_z_compress,
+        default=0,
+        metavar="N",
+        help="Z-doubled source: s0 keeps every (N+1)-th Z slice (see dvid2ng run --help)",
+    )
     pub.add_argument(
         "--dry-run", action="store_true", help="print the tier table and cost; publish nothing"
     )
@@ -290,11 +297,16 @@ def cmd_publish(args) -> int:
                 raise PlanError(f"scale(s) {sorted(both)} are in both --scales and --downres")
         if args.downres and args.scales is None:  # only the pyramid: nothing to export
             dest = normalized_dest(args.dest)
-            run_id = run_id_for(args.source, dest, spec, label_mode)
-            plan = Plan(run_id, args.source, dest, spec, label_mode, [])
+            run_id = run_id_for(args.source, dest, spec, label_mode, args.z_compress)
+            plan = Plan(run_id, args.source, dest, spec, label_mode, [], z_compress=args.z_compress)
         else:
             plan = plan_transcode(
-                args.source, args.dest, spec, scales=args.scales, label_mode=label_mode
+                args.source,
+                args.dest,
+                spec,
+                scales=args.scales,
+                label_mode=label_mode,
+                z_compress=args.z_compress,
             )
     except PlanError as e:
         raise UsageError(str(e)) from None

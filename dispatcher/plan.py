@@ -21,7 +21,14 @@ from dvid2ng.schemas.sharding import (
     shard_of_dvid_file,
     shard_shape,
 )
-from dvid2ng.schemas.spec import DVID_BLOCK, Scale, Sharding, SpecError, VolumeSpec
+from dvid2ng.schemas.spec import (
+    Scale,
+    Sharding,
+    SpecError,
+    VolumeSpec,
+    dvid_chunk_size_problem,
+    scale_z_compress,
+)
 from dvid2ng.schemas.task import ShardTask, SourceObject
 from dvid2ng.schemas.tiers import pick_tier
 from dvid2ng.worker.sources import task_fingerprint
@@ -47,6 +54,7 @@ class Plan:
     tasks: list[ShardTask] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # said before the run starts
     unplanned_scales: list[int] = field(default_factory=list)  # in the spec, no data, no plan
+    z_compress: int = 0  # s0 keeps every (N+1)-th Z slice (formats.md §8)
 
     @property
     def total_chunks(self) -> int:
@@ -60,6 +68,7 @@ class Plan:
             "label_mode": self.label_mode,
             "scales": self.scales,
             "unplanned_scales": self.unplanned_scales,
+            "z_compress": self.z_compress,
         }
 
     def missing_scales_note(self) -> str | None:
@@ -101,7 +110,9 @@ def format_ranges(values: Sequence[int]) -> str:
     return ",".join(out)
 
 
-def run_id_for(source: Path | str, dest: str, spec: VolumeSpec, label_mode: str) -> str:
+def run_id_for(
+    source: Path | str, dest: str, spec: VolumeSpec, label_mode: str, z_compress: int = 0
+) -> str:
     """Stable id of a conversion: the same inputs resume the same run."""
     ident = {
         "source": source_name(source) if is_gcs(source) else str(Path(source).resolve()),
@@ -109,6 +120,8 @@ def run_id_for(source: Path | str, dest: str, spec: VolumeSpec, label_mode: str)
         "info": spec.info(),
         "labels": label_mode,
     }
+    if z_compress:  # absent when 0, so runs planned before --z-compress keep their id
+        ident["z_compress"] = z_compress
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -146,6 +159,7 @@ def plan_transcode(
     *,
     scales: Sequence[int] | None = None,
     label_mode: str = "labels",
+    z_compress: int = 0,
 ) -> Plan:
     """One task per DVID export file of the chosen scales. Raises PlanError, naming the file or
     scale and a fix, for everything that would otherwise lose data silently."""
@@ -189,9 +203,17 @@ def plan_transcode(
                     else "re-export it"
                 )
             )
-        check_dvid_scale(spec.scales[s], chosen)
+        check_dvid_scale(spec.scales[s], chosen, z_compress)
     dest = normalized_dest(dest)
-    plan = Plan(run_id_for(source, dest, spec, label_mode), source, dest, spec, label_mode, chosen)
+    plan = Plan(
+        run_id_for(source, dest, spec, label_mode, z_compress),
+        source,
+        dest,
+        spec,
+        label_mode,
+        chosen,
+        z_compress=z_compress,
+    )
     plan.notes.extend(spec.notes)
     for s in chosen:
         plan.tasks.extend(_scale_tasks(plan, s, export[s]))
@@ -212,16 +234,17 @@ def source_name(source: Path | str) -> str:
     return str(source).rstrip("/") if is_gcs(source) else str(Path(source).absolute())
 
 
-def check_dvid_scale(scale: Scale, chosen: Sequence[int]) -> None:
-    """A scale converted from DVID export files must have DVID's block as its chunk, and shards
-    DVID's cubic file naming can tell apart (formats.md §2.2, §2.7.2)."""
+def check_dvid_scale(scale: Scale, chosen: Sequence[int], z_compress: int = 0) -> None:
+    """A scale converted from DVID export files must have DVID's block as its chunk (s0 of a
+    Z-compressed run: 64x64x64/(N+1)), and shards DVID's cubic file naming can tell apart
+    (formats.md §2.2, §2.7.2, §8)."""
     where = f"scale {scale.index} ({scale.key})"
-    if scale.chunk_size != (DVID_BLOCK,) * 3:
-        raise PlanError(
-            f"{where}: chunk_sizes {list(scale.chunk_size)}, but a DVID export's chunks are its "
-            f"{DVID_BLOCK}^3 blocks; set chunk_sizes to [[64, 64, 64]] (a Z-doubled source "
-            "converts with --z-compress N and s0 chunk 64x64x(64/(N+1)))"
-        )
+    try:
+        problem = dvid_chunk_size_problem(scale, z_compress)
+    except SpecError as e:
+        raise PlanError(str(e)) from None
+    if problem:
+        raise PlanError(f"{where}: {problem}")
     collision = dvid_name_collision(scale)
     if collision is None:
         return
@@ -262,12 +285,13 @@ def _cubic_minishard_bits(scale: Scale) -> tuple[int, int] | None:
 
 def _scale_tasks(plan: Plan, s: int, files: list[ExportFile]) -> list[ShardTask]:
     scale = plan.spec.scales[s]
+    z_compress = scale_z_compress(s, plan.z_compress)
     csv_rows = count_csv_rows([f.csv_url for f in files if f.csv is not None])
     by_shard: dict[int, ExportFile] = {}
     tasks = []
     for f in sorted(files, key=lambda f: f.stem):
         try:
-            shard = shard_of_dvid_file(scale, f.stem)
+            shard = shard_of_dvid_file(scale, f.stem, z_compress)
         except ValueError as e:
             raise PlanError(f"{f.url}: {e}") from None
         if shard in by_shard:
@@ -296,6 +320,7 @@ def _scale_tasks(plan: Plan, s: int, files: list[ExportFile]) -> list[ShardTask]
                 ),
                 dest=plan.dest,
                 label_mode=plan.label_mode,
+                z_compress=z_compress,
                 tier=pick_tier(memory),
                 chunks_expected=chunks,
                 memory_bytes=memory,

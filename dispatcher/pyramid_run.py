@@ -110,9 +110,10 @@ def cmd_run_pyramid(args: argparse.Namespace) -> int:
             built.update(plan.scales)
         else:
             dest = normalized_dest(args.dest)
+            z = getattr(args, "z_compress", 0)  # the run id of the export this pyramid extends
             plan = Plan(
-                run_id_for(args.source, dest, spec, label_mode), args.source, dest, spec,
-                label_mode, [],
+                run_id_for(args.source, dest, spec, label_mode, z), args.source, dest, spec,
+                label_mode, [], z_compress=z,
             )  # fmt: skip
         for s in args.downres:
             code, row = _downres_scale(args, plan, s, built, workers)
@@ -138,7 +139,12 @@ def _export(args, spec, label_mode, workers):
 
     try:
         plan = plan_transcode(
-            args.source, args.dest, spec, scales=args.scales, label_mode=label_mode
+            args.source,
+            args.dest,
+            spec,
+            scales=args.scales,
+            label_mode=label_mode,
+            z_compress=getattr(args, "z_compress", 0),
         )
     except PlanError as e:
         print(f"dvid2ng: error: {e}", file=sys.stderr)

@@ -7,9 +7,11 @@ so a wrong spec is rejected before any work starts.
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import math
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,17 +65,18 @@ class Scale:
     voxel_offset: tuple[int, int, int]
     sharding: Sharding
 
-    @property
+    # cached: the sharding geometry asks for these in its bit-walking loops
+    @functools.cached_property
     def grid(self) -> tuple[int, int, int]:
         """Chunks per axis (edge chunks are partial)."""
         return tuple(math.ceil(s / c) for s, c in zip(self.size, self.chunk_size, strict=True))  # type: ignore[return-value]
 
-    @property
+    @functools.cached_property
     def bits(self) -> tuple[int, int, int]:
         """Bits of the compressed Morton code per axis: bit_length(grid - 1)."""
         return tuple(max(0, (g - 1).bit_length()) for g in self.grid)  # type: ignore[return-value]
 
-    @property
+    @functools.cached_property
     def total_bits(self) -> int:
         return sum(self.bits)
 
@@ -274,3 +277,83 @@ def _parse_sharding(sh: Any, where: str) -> Sharding:
             raise SpecError(f"{where}: sharding {f} must be 'raw' or 'gzip', got {v!r}")
     # We always write gzip chunk data and gzip minishard indices (smaller, and what every reader expects).
     return Sharding(*vals)
+
+
+# --- chunk size of scales converted from DVID blocks (and --z-compress) -------------------------
+
+Z_COMPRESS_VALUES = (0, 1, 3, 7, 15, 31, 63)  # N with stride N + 1 dividing the 64-voxel block
+
+
+def check_z_compress(z_compress: int) -> int:
+    if z_compress not in Z_COMPRESS_VALUES:
+        raise SpecError(
+            f"--z-compress {z_compress}: the stride N+1 must divide {DVID_BLOCK}, so N must be "
+            f"one of {', '.join(map(str, Z_COMPRESS_VALUES))}"
+        )
+    return z_compress
+
+
+def scale_z_compress(scale_index: int, z_compress: int) -> int:
+    """The Z-compression applied at a scale: only s0 keeps every (N+1)-th slice; DVID's own
+    lower scales already folded the doubled slices back (formats.md §8)."""
+    return z_compress if scale_index == 0 else 0
+
+
+def expected_chunk_size(scale_index: int, z_compress: int = 0) -> tuple[int, int, int]:
+    """Chunk size of a scale converted from DVID blocks: the DVID block (64^3), except s0 of a
+    Z-compressed conversion, 64 x 64 x 64/(N+1), so one decimated block is one output chunk
+    and one DVID shard file is exactly one output shard."""
+    check_z_compress(z_compress)
+    stride = scale_z_compress(scale_index, z_compress) + 1
+    return (DVID_BLOCK, DVID_BLOCK, DVID_BLOCK // stride)
+
+
+def dvid_chunk_size_problem(scale: Scale, z_compress: int = 0) -> str | None:
+    """Why `scale`, converted from DVID export files, cannot have its chunk size (None if it
+    can): it must be `expected_chunk_size(scale.index, z_compress)`."""
+    want = expected_chunk_size(scale.index, z_compress)
+    have = scale.chunk_size
+    if have == want:
+        return None
+    fits = [
+        n
+        for n in Z_COMPRESS_VALUES
+        if n and scale.index == 0 and have == (DVID_BLOCK, DVID_BLOCK, DVID_BLOCK // (n + 1))
+    ]
+    z = scale_z_compress(scale.index, z_compress)
+    if z:
+        return (
+            f"chunk_sizes {list(have)}, but --z-compress {z} makes scale 0 chunks of "
+            f"{list(want)} (one Z slice in {z + 1} of each {DVID_BLOCK}^3 DVID block is kept): "
+            f"give the destination (native-Z) spec, whose scale 0 has chunk_sizes "
+            f"[{list(want)}] and 1/{z + 1} of the Z size"
+            + (f" (this chunk is what --z-compress {fits[0]} makes)" if fits else "")
+        )
+    return (
+        f"chunk_sizes {list(have)}, but a DVID export's chunks are its {DVID_BLOCK}^3 blocks; "
+        "set chunk_sizes to [[64, 64, 64]]"
+        + (
+            f", or, if SOURCE is Z-doubled, pass --z-compress {fits[0]} (scale 0 chunk "
+            f"{list(have)} is what it makes)"
+            if fits
+            else (
+                " (only scale 0 of a Z-compressed conversion differs)"
+                if z_compress
+                else " (a Z-doubled source converts with --z-compress N and s0 chunk "
+                "64x64x(64/(N+1)))"
+            )
+        )
+    )
+
+
+def check_dvid_chunk_sizes(
+    spec: VolumeSpec, scales: Iterable[int], z_compress: int = 0, source: str = "spec"
+) -> None:
+    """Every scale in `scales` (those converted from DVID export files) must have the chunk size
+    `expected_chunk_size` gives; raises SpecError naming the scale and the fix."""
+    check_z_compress(z_compress)
+    for s in scales:
+        scale = spec.scales[s]
+        problem = dvid_chunk_size_problem(scale, z_compress)
+        if problem:
+            raise SpecError(f"{source}: scale {s} ({scale.key}): {problem}")

@@ -1,7 +1,8 @@
 """fake-gcs-server (the GCS emulator shipped in a PyPI wheel) behind a small counting proxy.
 
 The proxy forwards every request unchanged and records each object write (media, multipart or
-resumable upload) by object name, so tests can assert the exact I/O a conversion causes.
+resumable upload) by object name, and each object download with its Range header and size, so
+tests can assert the exact I/O a conversion or a verification causes.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import threading
 import time
 import urllib.parse
 from collections import Counter
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -33,6 +35,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@dataclass(frozen=True)
+class Read:
+    """One object download through the proxy."""
+
+    name: str  # object name
+    range: str  # the Range header as sent ("" for a whole-object read)
+    status: int
+    nbytes: int  # body bytes returned
+
+
 class CountingProxy(ThreadingHTTPServer):
     daemon_threads = True
 
@@ -41,6 +53,7 @@ class CountingProxy(ThreadingHTTPServer):
         self.writes: Counter[str] = Counter()  # object name -> uploads
         self.deletes: Counter[str] = Counter()  # object name -> DELETE requests
         self.requests: list[tuple[str, str, str]] = []  # (method, path, Range header)
+        self.reads: list[Read] = []  # every object media download, with its size, in order
         self.lock = threading.Lock()
         super().__init__(("127.0.0.1", 0), _Handler)
 
@@ -82,6 +95,12 @@ class _Handler(BaseHTTPRequestHandler):
         conn.request(self.command, self.path, body=body, headers=headers)
         resp = conn.getresponse()
         data = resp.read()
+        if self.command == "GET" and query.get("alt", [""])[0] == "media":
+            name = urllib.parse.unquote(parsed.path.split("/o/", 1)[-1])
+            with self.server.lock:
+                self.server.reads.append(
+                    Read(name, self.headers.get("Range", ""), resp.status, len(data))
+                )
         self.send_response(resp.status)
         for k, v in resp.getheaders():
             if k.lower() in ("transfer-encoding", "connection", "content-length"):

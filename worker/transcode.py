@@ -18,6 +18,7 @@ import numpy as np
 from dvid2ng.dvidexport.reader import ExportFileReader, decompress_block
 from dvid2ng.dvidexport.storage import source_file
 from dvid2ng.kernels import KernelError, dvid_block_to_cseg
+from dvid2ng.kernels.zstride import dvid_block_to_cseg_zstride
 from dvid2ng.schemas.dvid import ExportFormatError
 from dvid2ng.schemas.sharding import (
     dvid_shard_dim_voxels,
@@ -25,7 +26,7 @@ from dvid2ng.schemas.sharding import (
     shard_bounds,
     shard_of_code,
 )
-from dvid2ng.schemas.spec import DVID_BLOCK, Scale
+from dvid2ng.schemas.spec import DVID_BLOCK, Scale, expected_chunk_size
 from dvid2ng.schemas.task import ShardTask
 from dvid2ng.worker.errors import InputError, Interrupted
 from dvid2ng.worker.output import ScaleStore, ShardWriter
@@ -68,8 +69,7 @@ def transcode_shard(
     before it, so a worker whose claim was taken over never writes."""
     if task.kind != "transcode":
         raise InputError(f"task kind {task.kind!r} is not handled by transcode_shard")
-    if task.z_compress:
-        raise InputError("z_compress is not supported yet by this worker")
+    z_stride(task, store.scale)  # fail before reading anything if the geometry is wrong
     started = time.monotonic()
     check_source_unchanged(task.sources[0])
     writer = store.begin_shard(task.shard)
@@ -104,6 +104,7 @@ def _convert_records(
     dvid_lo, dvid_hi = _dvid_file_region(scale, src.arrow)
     tx, ty, tz = store.morton_tables
     supervoxels = task.label_mode == "supervoxels"
+    stride = z_stride(task, scale)
     out = ShardOutcome(status="empty")
     try:
         arrow = source_file(src.arrow, src.generation, src.size)  # gs://: pinned generation
@@ -135,10 +136,12 @@ def _convert_records(
                         chunk=chunk,
                     )
                 block = decompress_block(rec, src.arrow)
+                table = None if supervoxels else rec.labels
                 try:
-                    cseg, nonzero = dvid_block_to_cseg(
-                        block, None if supervoxels else rec.labels, extent
-                    )
+                    if stride == 1:
+                        cseg, nonzero = dvid_block_to_cseg(block, table, extent)
+                    else:  # keep every stride-th Z slice: one block is one output chunk
+                        cseg, nonzero = dvid_block_to_cseg_zstride(block, table, stride, extent)
                 except KernelError as e:
                     raise InputError(
                         f"corrupt DVID block: {e}", file=src.arrow, chunk=chunk
@@ -157,6 +160,24 @@ def _convert_records(
     except (FileNotFoundError, PermissionError, IsADirectoryError) as e:
         raise InputError(f"cannot read source: {e}", file=src.arrow) from None
     return out
+
+
+def z_stride(task: ShardTask, scale: Scale) -> int:
+    """Z stride of the task (z_compress + 1), checked against the destination geometry."""
+    if not task.z_compress:
+        return 1
+    if task.scale != 0:
+        raise InputError(
+            f"z_compress {task.z_compress} given for scale {task.scale}: only scale 0 is "
+            "Z-compressed (DVID's lower scales are already native Z)"
+        )
+    want = expected_chunk_size(0, task.z_compress)
+    if scale.chunk_size != want:
+        raise InputError(
+            f"z_compress {task.z_compress} needs destination scale 0 chunks of {list(want)}, "
+            f"the destination info says {list(scale.chunk_size)}"
+        )
+    return task.z_compress + 1
 
 
 def _dvid_file_region(scale: Scale, arrow_path: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
