@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import errno
 import fcntl
 import json
@@ -183,8 +184,12 @@ def _exclusive(state_dir: Path) -> Iterator[None]:
         yield
 
 
-def _claim_run(state_dir: Path, plan: Plan) -> None:
-    """One conversion per destination: refuse to mix a different run into DEST's state."""
+def _claim_run(state_dir: Path, plan: Plan) -> str:
+    """One conversion per destination: refuse to mix a different run into DEST's state.
+
+    Returns the run id to use: the recorded one when DEST holds the same conversion under
+    another path (a copied or moved volume: the run id names the destination, but the state
+    travels inside it, and `info` was already found equal to the spec)."""
     marker = state_dir / "run.json"
     config = {
         "run_id": plan.run_id,
@@ -195,16 +200,24 @@ def _claim_run(state_dir: Path, plan: Plan) -> None:
         config["z_compress"] = plan.z_compress
     if marker.exists():
         old = _read_marker(marker)
-        if old.get("run_id") != plan.run_id:
-            raise PlanError(
-                f"{plan.dest} already holds a different conversion (source {old.get('source')}, "
-                f"labels {old.get('label_mode')}); use a new destination or delete it"
-            )
-        return
+        if old.get("run_id") == plan.run_id:
+            return plan.run_id
+        same = {k: old.get(k) for k in ("source", "label_mode", "z_compress")} == {
+            k: config.get(k) for k in ("source", "label_mode", "z_compress")
+        }
+        if same:
+            return str(old["run_id"])
+        raise PlanError(
+            f"{plan.dest} already holds a different conversion (source {old.get('source')}, "
+            f"labels {old.get('label_mode')}, z-compress {old.get('z_compress', 0)}; this run: "
+            f"source {config['source']}, labels {plan.label_mode}, z-compress "
+            f"{plan.z_compress}); use a new destination or delete it"
+        )
     try:
         marker.write_text(json.dumps(config, indent=2))
     except OSError as e:
         raise PlanError(f"cannot write {marker}: {_os_cause(e)}") from None
+    return plan.run_id
 
 
 def open_state(state_dir: Path) -> SqliteStateStore:
@@ -254,7 +267,13 @@ def run_embedded(
             raise PlanError(f"cannot write {plan.dest}/info: {_os_cause(e)}") from None
         except ValueError as e:  # TensorStore reports storage failures as ValueError
             raise PlanError(f"cannot write {plan.dest}/info: {e}") from None
-        _claim_run(state_dir, plan)
+        run_id = _claim_run(state_dir, plan)
+        if run_id != plan.run_id:  # a copied or moved volume resumes its recorded run
+            plan = dataclasses.replace(
+                plan,
+                run_id=run_id,
+                tasks=[dataclasses.replace(t, run_id=run_id) for t in plan.tasks],
+            )
         return _run_locked(
             plan, started, workers, state_dir, gzip_level, attempts_per_tier, progress, log_level
         )

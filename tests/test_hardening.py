@@ -172,6 +172,31 @@ def test_resume_checks_the_files_not_only_the_state(export, tmp_path, capsys):
     assert f"chunks: {converted:,} converted by this run" in err  # only this run's work counts
 
 
+def test_a_copied_volume_resumes_its_run_and_another_source_is_refused(export, tmp_path, capsys):
+    """Before: a copied (or moved) volume was refused as "a different conversion" naming the
+    very source and labels given, because the run id names the destination path."""
+    src, first = export.source_copy, tmp_path / "vol"
+    assert run(src, first, export.spec_path) == 0
+    copy = tmp_path / "copy"
+    shutil.copytree(first, copy)
+    shards = sorted((copy / export.spec.scales[0].key).glob("*.shard"))
+    damaged, kept = shards[0], shards[-1]
+    damaged.unlink()
+    kept_mtime = kept.stat().st_mtime_ns
+    capsys.readouterr()
+    assert run(src, copy, export.spec_path) == 0
+    err = capsys.readouterr().err
+    assert f"{damaged} is missing" in err
+    assert kept.stat().st_mtime_ns == kept_mtime, "the copy's intact shards are kept"
+    for s, want in export.bodies.items():
+        assert np.array_equal(read_scale_tensorstore(str(copy), s), want)
+    other = tmp_path / "other-export"
+    shutil.copytree(src, other)
+    assert run(other, copy, export.spec_path) == 2
+    err = capsys.readouterr().err
+    assert "already holds a different conversion" in err and str(other) in err
+
+
 def test_a_source_reexported_in_place_is_converted_again(export, tmp_path, capsys):
     """Before: a re-export in place (same names, new content) was ignored on resume."""
     src, dest = export.source_copy, tmp_path / "vol"
