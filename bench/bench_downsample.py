@@ -19,8 +19,10 @@ copy) and its result transposed back. Given the C-ordered array itself it silent
 wrong answer (reported below). It breaks ties by scan order, TensorStore and we by the smallest
 value, so its output is checked against ours only on windows without a tie.
 
-"no touch" is our `mode` kernel with its next-row touching off (kernels/downsample.py,
-_full_row): the same arithmetic, the memory reads not overlapped.
+"no touch" / "touch" is our `mode` kernel with its next-row touching off / on
+(kernels/downsample.py, _full_row): the same arithmetic, the memory reads not overlapped /
+overlapped. `downsample_labels` (the first two columns) touches only on inputs of at least
+TOUCH_MIN_BYTES (16 MiB), where it pays.
 
 The runs are interleaved (each round times every implementation once, the best round of each is
 kept), so a burst of load from other processes hits them alike. `numpy.sum` over the same array
@@ -134,7 +136,7 @@ def main() -> int:
         f"core; load average {os.getloadavg()[0]:.1f}\n"
     )
     header = (
-        f"{'volume':34} {'dvid2ng mode':>13} {'dvid2ng dvid':>13} {'no touch':>9} {'tinybrain':>10} "
+        f"{'volume':34} {'dvid2ng mode':>13} {'dvid2ng dvid':>13} {'no touch':>9} {'touch':>6} {'tinybrain':>10} "
         f"{'TS mode':>8} {'numpy.sum':>10}   checks"
     )
     print(header)
@@ -147,6 +149,7 @@ def main() -> int:
                 "mode": lambda v=vol, o=out: downsample_labels(v, "mode", out=o),
                 "dvid": lambda v=vol, o=out: downsample_labels(v, "dvid", out=o),
                 "untouched": lambda v=vol, o=out: _downsample_kernel(v, o, False, False),
+                "touched": lambda v=vol, o=out: _downsample_kernel(v, o, False, True),
                 "tinybrain": lambda v=vol: tinybrain.downsample_segmentation(v.T, (2, 2, 2))[0],
                 "ts": lambda v=vol: (
                     ts.downsample(ts.array(v, context=ctx), [2, 2, 2], "mode").read().result()
@@ -168,7 +171,7 @@ def main() -> int:
             f"C-order input: {int((tb_wrong_order != ref).sum()):,} wrong"
         )
         print(
-            f"{name:34} {gvox / t['mode']:13.3f} {gvox / t['dvid']:13.3f} {gvox / t['untouched']:9.3f} "
+            f"{name:34} {gvox / t['mode']:13.3f} {gvox / t['dvid']:13.3f} {gvox / t['untouched']:9.3f} {gvox / t['touched']:6.3f} "
             f"{gvox / t['tinybrain']:10.3f} {gvox / t['ts']:8.3f} {gvox / t['sum']:10.3f}   {checks}"
         )
     print(f"\nload average {os.getloadavg()[0]:.1f}")

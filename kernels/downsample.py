@@ -31,6 +31,8 @@ __all__ = ["DOWNSAMPLE_METHODS", "downsample_labels", "downsampled_shape"]
 
 DOWNSAMPLE_METHODS = ("mode", "dvid")
 
+TOUCH_MIN_BYTES = 16 << 20  # inputs at least this large touch the next row ahead (_full_row)
+
 _U0 = np.uint64(0)
 _U1 = np.uint64(1)
 _U2 = np.uint64(2)
@@ -320,7 +322,9 @@ def downsample_labels(
             f"out must be a writeable C-contiguous uint64 array of shape {want}, got "
             f"{getattr(out, 'shape', None)} {getattr(out, 'dtype', type(out).__name__)}"
         )
-    _downsample_kernel(vol, out, method == "dvid")
+    # touching ahead pays only when the input comes from memory: on cache-resident inputs it
+    # is extra loads (5-10% slower at 64^3 = 2 MiB; 1.4-1.6x faster at 256^3 = 128 MiB)
+    _downsample_kernel(vol, out, method == "dvid", vol.nbytes >= TOUCH_MIN_BYTES)
     return out
 
 
