@@ -15,8 +15,9 @@ minishard 6) written straight into the sharded volume with our encoder; s1 = one
           (../shared/fixtures; skipped without it): output chunk k is made of fixture block
           k mod 258 (in a fixed shuffled order) upsampled 2x and shifted by one voxel (rolled
           within the block, so label boundaries fall inside 2x2x2 windows as in a real s0),
-          split into its 8 s0 chunks. The s1 output is then ~3.5 KB per gzipped chunk, as the
-          fixture's own blocks are (3.6 KB mean) and mCNS's s1 (~3.4 KB).
+          split into its 8 s0 chunks. The s1 output is then 5.4 KB per gzipped chunk (the
+          shift adds boundary ties): a little denser than the fixture's own blocks (3.6 KB
+          mean) and mCNS's s1 average (~3.4 KB), so its peak RSS errs on the safe side.
 
 Each measurement runs in a fresh process pinned to ONE core (TensorStore's threads included);
 peak RSS is that process's VmHWM; the 1-minute load average is printed before each one.
