@@ -311,3 +311,28 @@ def test_next_row_touching_stays_inside_the_input(shape):
     np.testing.assert_array_equal(downsample_labels(vol, "mode"), want)
     del vol
     region.close()
+
+
+@settings(max_examples=150, deadline=None)
+@given(vol=label_volumes(max_side=21))
+def test_both_rules_equal_reference_with_touching_forced_on(vol):
+    """downsample_labels touches the next row ahead only on inputs of 16 MiB or more (bigger than
+    anything above): the same kernel with the touching forced on must give the same votes."""
+    from dvid2ng.kernels.downsample import _downsample_kernel
+
+    vol = np.ascontiguousarray(vol, dtype=np.uint64)
+    for method in ("mode", "dvid"):
+        out = np.zeros(downsampled_shape(vol.shape), np.uint64)
+        _downsample_kernel(vol, out, method == "dvid", True)
+        want = tensorstore_mode(vol) if method == "mode" else downsample_reference(vol, "dvid")
+        np.testing.assert_array_equal(out, want)
+
+
+def test_large_input_takes_the_touching_path_and_equals_tensorstore():
+    """An input above TOUCH_MIN_BYTES (the path bench_downsample measures) through the public
+    function, with boundaries off the even grid and odd sizes."""
+    from dvid2ng.kernels.downsample import TOUCH_MIN_BYTES
+
+    vol = synthetic_volume((130, 129, 131), n_labels=30, seed=7)[1:, :, 1:].copy()
+    assert vol.nbytes >= TOUCH_MIN_BYTES
+    np.testing.assert_array_equal(downsample_labels(vol, "mode"), tensorstore_mode(vol))
