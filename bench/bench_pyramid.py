@@ -1,20 +1,31 @@
 """End-to-end downsampling of one full s1 shard (32^3 output chunks from 8 full s0 shards),
-output chunks/s per core and peak RSS, dvid2ng against TensorStore doing the same job.
+output chunks/s per core and peak RSS, dvid2ng against TensorStore doing the same job, on two
+inputs side by side in one run.
 
-    .venv/bin/python bench/bench_pyramid.py                # s0 is generated once (cached)
-    .venv/bin/python bench/bench_pyramid.py --baseline-chunks 512 --repeat 1
+    .venv/bin/python bench/bench_pyramid.py                # both inputs; s0 generated once (cached)
+    .venv/bin/python bench/bench_pyramid.py --volume mcns --baseline-chunks 512
+    .venv/bin/python bench/bench_pyramid.py --chunks 2048   # partial shard, nothing committed
 
-Input: a synthetic s0 of 4096^3 voxels (8 shards of 32^3 chunks, mCNS geometry: 64^3 chunks,
-preshift 9, minishard 6), written straight into the sharded volume with our encoder: chunk
-(x, y, z) holds block (x % 8, y % 8, z % 8) of a 512^3 Voronoi segmentation (~30 labels per
-block, boundaries off the even grid), so every 2x2x2 group of parent chunks is a coherent
-region. 262,144 stored parent chunks, 2 GB on disk; s1 = one 2048^3 shard.
+Inputs: s0 of 4096^3 voxels (8 shards of 32^3 chunks, mCNS geometry: 64^3 chunks, preshift 9,
+minishard 6) written straight into the sharded volume with our encoder; s1 = one 2048^3 shard.
+* dense:  the worst case. Chunk (x, y, z) holds block (x % 8, y % 8, z % 8) of a 512^3 Voronoi
+          segmentation (~30 labels per 64^3 block, boundaries off the even grid), so every s1
+          chunk meets ~8x that: ~24 KB per gzipped s1 chunk, 7x mCNS's.
+* mcns:   realistic label density, from the 258 real mCNS s1 blocks of the fixture shard
+          (../shared/fixtures; skipped without it): output chunk k is made of fixture block
+          k mod 258 (in a fixed shuffled order) upsampled 2x and shifted by one voxel (rolled
+          within the block, so label boundaries fall inside 2x2x2 windows as in a real s0),
+          split into its 8 s0 chunks. The s1 output is then 5.4 KB per gzipped chunk (the
+          shift adds boundary ties): a little denser than the fixture's own blocks (3.6 KB
+          mean) and mCNS's s1 average (~3.4 KB), so its peak RSS errs on the safe side.
 
 Each measurement runs in a fresh process pinned to ONE core (TensorStore's threads included);
-peak RSS is that process's VmHWM.
-* dvid2ng:  worker.downsample.downsample_shard: bricks of one output chunk read through
-            TensorStore's neuroglancer_precomputed driver, Numba vote, our cseg encoder,
-            libdeflate gzip 6, one transaction on the sharded kvstore, one commit.
+peak RSS is that process's VmHWM; the 1-minute load average is printed before each one.
+* dvid2ng:  worker.downsample.downsample_shard: for each output chunk the stored (gzipped)
+            parent chunks are read by byte range through a TensorStore kvstore, gunzipped
+            (libdeflate), voted straight from their cseg bytes (Numba), encoded with our cseg
+            encoder, gzipped (libdeflate, level 6) and written into one transaction on the
+            sharded kvstore, committed once.
 * baseline: TensorStore alone: `ts.downsample(s0, [2, 2, 2, 1], "mode")` written into s1
             through the neuroglancer_precomputed driver in one transaction per shard (its cseg
             encoder and gzip at commit). The transaction holds raw uint64 output (2 MiB per
@@ -31,12 +42,15 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "bench" / "out"
+FIXTURE = REPO.parent / "shared" / "fixtures" / "mcns-s1-shard" / "30720_24576_28672.arrow"
+VOLUMES = ("dense", "mcns")
 
 SPEC = {
     "type": "segmentation",
@@ -86,20 +100,12 @@ def vm_hwm() -> int:
     return 0
 
 
-def make_s0(dest: Path, period: int = 8, labels: int = 30) -> None:
-    """Write the 8 s0 shards (cached: skipped when all 8 files exist)."""
+def dense_pool(period: int = 8, labels: int = 30) -> Callable[[int, int, int], bytes]:
+    """s0 chunk (x, y, z) -> its gzipped cseg bytes, for the dense worst case."""
     from dvid2ng.dvidexport.synthetic import synthetic_volume
     from dvid2ng.kernels import encode_cseg
-    from dvid2ng.schemas.sharding import num_shards, shard_bounds
-    from dvid2ng.schemas.spec import VolumeSpec
-    from dvid2ng.worker.output import ScaleStore, io_context, write_info
     from dvid2ng.worker.transcode import gzip_bytes
 
-    spec = VolumeSpec.from_json(SPEC)
-    s0 = spec.scales[0]
-    if len(list((dest / "s0").glob("*.shard"))) == num_shards(s0):
-        return
-    write_info(str(dest), spec.info())
     side = 64 * period
     vol = synthetic_volume((side + 1,) * 3, n_labels=labels, seed=11)[1:, 1:, 1:]
     pool = {}
@@ -110,6 +116,73 @@ def make_s0(dest: Path, period: int = 8, labels: int = 30) -> None:
                     vol[z * 64 : z * 64 + 64, y * 64 : y * 64 + 64, x * 64 : x * 64 + 64]
                 )
                 pool[x, y, z] = gzip_bytes(encode_cseg(block), 6)
+    return lambda x, y, z: pool[x % period, y % period, z % period]
+
+
+def fixture_blocks() -> list[np.ndarray]:
+    """The real mCNS s1 blocks of the fixture shard (64^3 ZYX, mapped to bodies)."""
+    from dvid2ng.dvidexport.reader import ExportFileReader, decompress_block
+    from dvid2ng.kernels import decode_dvid_block
+
+    with ExportFileReader(str(FIXTURE), None) as reader:
+        return [
+            decode_dvid_block(decompress_block(rec, str(FIXTURE)), rec.labels) for rec in reader
+        ]
+
+
+def mcns_pool() -> Callable[[int, int, int], bytes]:
+    """s0 chunk (x, y, z) -> its gzipped cseg bytes, realistic density (see the docstring)."""
+    from dvid2ng.kernels import encode_cseg
+    from dvid2ng.worker.transcode import gzip_bytes
+
+    blocks = fixture_blocks()
+    pool = []  # per fixture block: its 8 s0 chunks by octant (x + 2y + 4z)
+    for block in blocks:
+        up = np.repeat(np.repeat(np.repeat(block, 2, 0), 2, 1), 2, 2)
+        # a one-voxel shift puts label boundaries inside 2x2x2 windows, as in a real s0 (a pure
+        # 2x upsampling would make every window uniform and flatter the vote)
+        up = np.roll(up, 1, axis=(0, 1, 2))
+        pool.append(
+            [
+                gzip_bytes(
+                    encode_cseg(
+                        np.ascontiguousarray(
+                            up[
+                                oz * 64 : oz * 64 + 64,
+                                oy * 64 : oy * 64 + 64,
+                                ox * 64 : ox * 64 + 64,
+                            ]
+                        )
+                    ),
+                    6,
+                )
+                for oz in (0, 1)
+                for oy in (0, 1)
+                for ox in (0, 1)
+            ]
+        )
+    order = np.random.default_rng(5).permutation(len(pool))
+
+    def chunk(x: int, y: int, z: int) -> bytes:
+        k = (x // 2) + 32 * ((y // 2) + 32 * (z // 2))
+        return pool[order[k % len(pool)]][(x % 2) + 2 * (y % 2) + 4 * (z % 2)]
+
+    return chunk
+
+
+def make_s0(dest: Path, volume: str) -> None:
+    """Write the 8 s0 shards of `volume` (cached: skipped when all 8 files exist)."""
+    from dvid2ng.schemas.sharding import num_shards, shard_bounds
+    from dvid2ng.schemas.spec import VolumeSpec
+    from dvid2ng.worker.output import ScaleStore, io_context, write_info
+
+    spec = VolumeSpec.from_json(SPEC)
+    s0 = spec.scales[0]
+    if len(list((dest / "s0").glob("*.shard"))) == num_shards(s0):
+        return
+    print(f"generating the {volume} s0 in {dest} (once) ...", file=sys.stderr)
+    write_info(str(dest), spec.info())
+    chunk = dense_pool() if volume == "dense" else mcns_pool()
     store = ScaleStore(str(dest), s0, io_context())
     tx, ty, tz = store.morton_tables
     for shard in range(num_shards(s0)):
@@ -119,7 +192,7 @@ def make_s0(dest: Path, period: int = 8, labels: int = 30) -> None:
         for z in range(lo[2], hi[2]):
             for y in range(lo[1], hi[1]):
                 for x in range(lo[0], hi[0]):
-                    writer.write(tx[x] | ty[y] | tz[z], pool[x % period, y % period, z % period])
+                    writer.write(tx[x] | ty[y] | tz[z], chunk(x, y, z))
         writer.commit()
         print(
             f"  s0 shard {shard}: {writer.chunks} chunks in {time.monotonic() - t:.1f} s",
@@ -228,9 +301,16 @@ def measure(which: str, src: Path, out: Path, baseline_chunks: int, chunks: int)
     return json.loads(got.stdout.strip().splitlines()[-1])
 
 
+def source_dir(work: Path, volume: str) -> Path:
+    return work / ("s0-volume" if volume == "dense" else f"s0-{volume}")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--work", type=Path, default=OUT / "pyramid", help="where s0 and outputs go")
+    ap.add_argument(
+        "--volume", choices=[*VOLUMES, "both"], default="both", help="input (default: both)"
+    )
     ap.add_argument(
         "--baseline-chunks", type=int, default=512, help="output chunks for the baseline"
     )
@@ -246,37 +326,58 @@ def main() -> int:
     args = ap.parse_args()
     if args.child:
         return child(args)
-    src = args.work / "s0-volume"
-    print(f"generating s0 in {src} (once) ...", file=sys.stderr)
-    make_s0(src)
+    volumes = list(VOLUMES) if args.volume == "both" else [args.volume]
+    if "mcns" in volumes and not FIXTURE.exists():
+        print(f"skipping the mcns input: {FIXTURE} is absent", file=sys.stderr)
+        volumes.remove("mcns")
+    for volume in volumes:
+        make_s0(source_dir(args.work, volume), volume)
     rows = []
-    for which in ["ours"] + ([] if args.skip_baseline else ["baseline"]):
-        runs = [
-            measure(which, src, args.work / f"out-{which}", args.baseline_chunks, args.chunks)
-            for _ in range(args.repeat)
-        ]
-        best = min(runs, key=lambda r: r["seconds"] / r["chunks"])
-        best["peak_rss"] = max(r["peak_rss"] for r in runs)
-        rows.append((which, best))
-    print(f"\n{'pipeline':10} {'chunks':>7} {'seconds':>8} {'chunks/s/core':>14} {'peak RSS':>10}")
-    for which, r in rows:
+    for volume in volumes:
+        src = source_dir(args.work, volume)
+        for which in ["ours"] + ([] if args.skip_baseline else ["baseline"]):
+            runs = []
+            for _ in range(args.repeat):
+                load = os.getloadavg()[0]
+                out = args.work / f"out-{volume}-{which}"
+                r = measure(which, src, out, args.baseline_chunks, args.chunks)
+                r["load"] = load
+                runs.append(r)
+                print(f"  {volume} {which}: {json.dumps(r)}", file=sys.stderr)
+            best = min(runs, key=lambda r: r["seconds"] / r["chunks"])
+            best["peak_rss"] = max(r["peak_rss"] for r in runs)
+            rows.append((volume, which, best))
+    print(
+        f"\n{'input':6} {'pipeline':9} {'load':>5} {'chunks':>7} {'seconds':>8} "
+        f"{'chunks/s/core':>14} {'peak RSS':>10} {'gzipped output':>15} {'B/chunk':>8}"
+    )
+    for volume, which, r in rows:
+        enc = r.get("encoded_bytes", 0)
         print(
-            f"{which:10} {r['chunks']:7d} {r['seconds']:8.1f} {r['chunks'] / r['seconds']:14.1f} "
-            f"{r['peak_rss'] / 2**20:8.0f} MiB"
+            f"{volume:6} {which:9} {r['load']:5.1f} {r['chunks']:7d} {r['seconds']:8.1f} "
+            f"{r['chunks'] / r['seconds']:14.1f} {r['peak_rss'] / 2**20:6.0f} MiB "
+            + (
+                f"{enc / 2**20:11.0f} MiB {enc / max(1, r['written']):8,.0f}"
+                if enc
+                else f"{'-':>15} {'-':>8}"
+            )
         )
-    if len(rows) == 2:
-        ours, base = rows[0][1], rows[1][1]
-        speedup = (ours["chunks"] / ours["seconds"]) / (base["chunks"] / base["seconds"])
-        print(f"\ndvid2ng / baseline: {speedup:.2f}x per core")
-    if rows[0][0] == "ours" and rows[0][1]["bytes"]:
-        r = rows[0][1]
-        print(
-            f"ours: {r['written']} chunks stored, shard file {r['bytes'] / 2**20:.0f} MiB, "
-            f"gzipped chunks {r['encoded_bytes'] / 2**20:.0f} MiB "
-            f"({r['encoded_bytes'] / max(1, r['written']):,.0f} B per chunk)"
-        )
+    print()
+    for volume in volumes:
+        got = {w: r for v, w, r in rows if v == volume}
+        if len(got) == 2:
+            ours, base = got["ours"], got["baseline"]
+            speedup = (ours["chunks"] / ours["seconds"]) / (base["chunks"] / base["seconds"])
+            print(f"{volume}: dvid2ng / baseline {speedup:.2f}x per core")
+        if "ours" in got and got["ours"]["bytes"]:
+            r = got["ours"]
+            print(
+                f"{volume}: dvid2ng stored {r['written']} chunks, shard file "
+                f"{r['bytes'] / 2**20:.0f} MiB; peak RSS - gzipped output = "
+                f"{(r['peak_rss'] - r['encoded_bytes']) / 2**20:.0f} MiB"
+            )
     OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "pyramid.json").write_text(json.dumps(dict(rows), indent=2))
+    (OUT / "pyramid.json").write_text(json.dumps([[v, w, r] for v, w, r in rows], indent=2))
     return 0
 
 

@@ -38,12 +38,15 @@ from dvid2ng.worker.output import OutputError, ScaleStore, io_context, kvstore_s
 # peak RSS = base + HELD_FACTOR x (gzipped output chunks of the shard). The transaction holds
 # every gzipped chunk until the commit; TensorStore writes the shard file from those buffers
 # without a second full copy. Measured (bench/bench_pyramid.py, one full 32^3-chunk s1 shard
-# from 8 full s0 shards): 1,018 MiB peak with 753 MiB of gzipped output, i.e. a base of
-# ~265 MiB (interpreter, Numba, TensorStore, bricks, parent indices) + 1.0 x output. The
-# constants keep ~15% margin on both. Output bytes are predicted from the parent shard files
-# that feed the shard times the child/parent byte ratio seen in production (formats.md §11.3;
-# 0.35 measured on the bench data), or from the chunk count when parent sizes are unknown.
-DOWNSAMPLE_BASE_BYTES = 300 * 2**20
+# from 8 full s0 shards, both inputs in one run): dense 1,019 MiB peak with 753 MiB of gzipped
+# output (24 KB per chunk), mCNS-density 473 MiB with 170 MiB (5.4 KB per chunk), i.e. a base
+# of 265-303 MiB (imports and Numba ~215, parent index and bricks ~20, TensorStore's
+# transaction ~0.65-0.93 KB per chunk on top of its data, which weighs more with small
+# chunks) + 1.0 x output. The constants keep ~10-15% margin on both. Output bytes are
+# predicted from the parent shard files that feed the shard times the child/parent byte ratio
+# seen in production (formats.md §11.3; 0.30-0.35 measured on the bench data), or from the
+# chunk count when parent sizes are unknown.
+DOWNSAMPLE_BASE_BYTES = 330 * 2**20
 HELD_FACTOR = 1.15
 CHILD_PARENT_BYTE_RATIO = {1: 0.379, 2: 0.259, 3: 0.257, 4: 0.266, 5: 0.244}
 DEFAULT_BYTE_RATIO = 0.38  # the largest seen: conservative for scales not in the table

@@ -270,3 +270,69 @@ def test_fused_vote_of_one_bit_blocks_with_any_table_order(method, table):
     out = np.zeros((4, 4, 4), np.uint64)
     downsample_cseg_chunk(data, (8, 8, 8), out, (0, 0, 0), method)
     np.testing.assert_array_equal(out, downsample_labels(vol, method))
+
+
+def _volume_before_guard_page(shape: tuple[int, int, int]) -> tuple[object, np.ndarray]:
+    """A C-ordered uint64 array whose last byte is right before an inaccessible page, so that
+    any read past its end crashes the process instead of returning garbage."""
+    import ctypes
+    import mmap
+
+    nbytes = int(np.prod(shape)) * 8
+    body = -(-nbytes // mmap.PAGESIZE) * mmap.PAGESIZE
+    region = mmap.mmap(-1, body + mmap.PAGESIZE)
+    base = ctypes.addressof(ctypes.c_char.from_buffer(region))
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    if libc.mprotect(base + body, mmap.PAGESIZE, 0) != 0:  # PROT_NONE
+        pytest.skip(f"mprotect failed (errno {ctypes.get_errno()})")
+    vol = np.frombuffer(region, np.uint64, count=nbytes // 8, offset=body - nbytes)
+    return region, vol.reshape(shape)
+
+
+@pytest.mark.parametrize(
+    "shape", [(2, 3, 16), (2, 4, 16), (3, 5, 9), (4, 6, 33), (5, 7, 8), (2, 8, 1), (6, 4, 64)]
+)
+def test_next_row_touching_stays_inside_the_input(shape):
+    """The mode kernel touches the next output row's input ahead of time (to overlap memory
+    reads): on a volume that ends at an inaccessible page, a touch past the last row would
+    crash. Both settings of the touching give TensorStore's result."""
+    from dvid2ng.kernels.downsample import _downsample_kernel
+
+    region, vol = _volume_before_guard_page(shape)
+    vol[...] = synthetic_volume(tuple(s + 1 for s in shape), n_labels=20, seed=sum(shape))[
+        1:, 1:, 1:
+    ]
+    want = tensorstore_mode(np.array(vol))
+    for touch in (True, False):
+        out = np.zeros(downsampled_shape(shape), np.uint64)
+        _downsample_kernel(vol, out, False, touch)
+        np.testing.assert_array_equal(out, want)
+    np.testing.assert_array_equal(downsample_labels(vol, "mode"), want)
+    del vol
+    region.close()
+
+
+@settings(max_examples=150, deadline=None)
+@given(vol=label_volumes(max_side=21))
+def test_both_rules_equal_reference_with_touching_forced_on(vol):
+    """downsample_labels touches the next row ahead only on inputs of 16 MiB or more (bigger than
+    anything above): the same kernel with the touching forced on must give the same votes."""
+    from dvid2ng.kernels.downsample import _downsample_kernel
+
+    vol = np.ascontiguousarray(vol, dtype=np.uint64)
+    for method in ("mode", "dvid"):
+        out = np.zeros(downsampled_shape(vol.shape), np.uint64)
+        _downsample_kernel(vol, out, method == "dvid", True)
+        want = tensorstore_mode(vol) if method == "mode" else downsample_reference(vol, "dvid")
+        np.testing.assert_array_equal(out, want)
+
+
+def test_large_input_takes_the_touching_path_and_equals_tensorstore():
+    """An input above TOUCH_MIN_BYTES (the path bench_downsample measures) through the public
+    function, with boundaries off the even grid and odd sizes."""
+    from dvid2ng.kernels.downsample import TOUCH_MIN_BYTES
+
+    vol = synthetic_volume((130, 129, 131), n_labels=30, seed=7)[1:, :, 1:].copy()
+    assert vol.nbytes >= TOUCH_MIN_BYTES
+    np.testing.assert_array_equal(downsample_labels(vol, "mode"), tensorstore_mode(vol))
