@@ -65,13 +65,21 @@ def _version() -> str:
         return "unknown"
 
 
+class _VersionAction(argparse.Action):
+    """--version, looked up only when asked (importlib.metadata costs ~0.1 s at start-up)."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        print(f"dvid2ng {_version()}")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="dvid2ng",
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--version", action="version", version=f"dvid2ng {_version()}")
+    p.add_argument("--version", action=_VersionAction, nargs=0, help="show the version and exit")
     p.add_argument(
         "--log-level",
         default="warning",
@@ -116,7 +124,16 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive,
         default=None,
         metavar="N",
-        help="worker processes (default: CPU count)",
+        help="worker processes, one shard each at a time (default: the CPUs this process may "
+        "use, at most one per shard)",
+    )
+    run.add_argument(
+        "--threads",
+        type=_positive,
+        default=None,
+        metavar="N",
+        help="converter threads per worker (default: $DVID2NG_THREADS, else CPUs / workers, "
+        "so that workers x threads ~= CPUs)",
     )
     run.add_argument(
         "--gzip-level",
@@ -241,8 +258,6 @@ def _main(argv: list[str] | None) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    import os
-
     if args.downres is not None:
         from dvid2ng.dispatcher.pyramid_run import cmd_run_pyramid
 
@@ -251,6 +266,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print("dvid2ng: error: --only-missing applies to --downres scales", file=sys.stderr)
         return EXIT_USAGE
 
+    from dvid2ng.dispatcher.embedded import embedded_parallelism
     from dvid2ng.dispatcher.embedded import prepare_state_dir, run_embedded
     from dvid2ng.dispatcher.plan import PlanError, check_spec, plan_transcode
     from dvid2ng.dispatcher.progress import RunProgress
@@ -269,12 +285,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     except PlanError as e:
         print(f"dvid2ng: error: {e}", file=sys.stderr)
         return EXIT_USAGE
-    workers = args.workers or os.cpu_count() or 1
+    try:
+        workers, threads = embedded_parallelism(args.workers, args.threads, len(plan.tasks))
+    except ValueError as e:
+        print(f"dvid2ng: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
     for note in plan.notes:
         print(f"dvid2ng: note: {note}", file=sys.stderr)
     print(
         f"dvid2ng: {len(plan.tasks)} shards, {plan.total_chunks:,} chunks in scales "
-        f"{','.join(map(str, plan.scales))} -> {args.dest} ({workers} workers)",
+        f"{','.join(map(str, plan.scales))} -> {args.dest} ({workers} workers x {threads} "
+        f"threads)",
         file=sys.stderr,
     )
     progress = RunProgress(len(plan.tasks), plan.total_chunks, enabled=not args.no_progress)
@@ -282,6 +303,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         summary = run_embedded(
             plan,
             workers=workers,
+            threads=threads,
             state_dir=state_dir,
             gzip_level=args.gzip_level,
             progress=progress,
