@@ -266,8 +266,25 @@ def cmd_run(args: argparse.Namespace) -> int:
         print("dvid2ng: error: --only-missing applies to --downres scales", file=sys.stderr)
         return EXIT_USAGE
 
-    from dvid2ng.dispatcher.embedded import embedded_parallelism
-    from dvid2ng.dispatcher.embedded import prepare_state_dir, run_embedded
+    from dvid2ng.dispatcher.early_workers import EarlyWorkers
+    from dvid2ng.worker.cpus import available_cpus, threads_from_env
+
+    try:
+        cpus, env_threads = available_cpus(), threads_from_env()
+    except ValueError as e:
+        print(f"dvid2ng: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    # Start the workers now: their start-up runs while this process plans (see early_workers).
+    threads_hint = args.threads or env_threads
+    early = EarlyWorkers(args.workers or max(1, cpus // threads_hint if threads_hint else cpus))
+    try:
+        return _run_planned(args, early, cpus)
+    finally:
+        early.close()
+
+
+def _run_planned(args: argparse.Namespace, early, cpus: int) -> int:
+    from dvid2ng.dispatcher.embedded import embedded_parallelism, prepare_state_dir, run_embedded
     from dvid2ng.dispatcher.plan import PlanError, check_spec, plan_transcode
     from dvid2ng.dispatcher.progress import RunProgress
 
@@ -285,11 +302,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     except PlanError as e:
         print(f"dvid2ng: error: {e}", file=sys.stderr)
         return EXIT_USAGE
-    try:
-        workers, threads = embedded_parallelism(args.workers, args.threads, len(plan.tasks))
-    except ValueError as e:
-        print(f"dvid2ng: error: {e}", file=sys.stderr)
-        return EXIT_USAGE
+    workers, threads = embedded_parallelism(args.workers, args.threads, len(plan.tasks), cpus)
     for note in plan.notes:
         print(f"dvid2ng: note: {note}", file=sys.stderr)
     print(
@@ -307,6 +320,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             state_dir=state_dir,
             gzip_level=args.gzip_level,
             progress=progress,
+            early=early,
         )
     except PlanError as e:
         print(f"dvid2ng: error: {e}", file=sys.stderr)

@@ -434,6 +434,9 @@ def _publish_downres_scale(args, plan, s: int, queue, state) -> int:
 def cmd_worker(args) -> int:
     import dataclasses
 
+    from dvid2ng.worker.warm import warm_in_background
+
+    warm_in_background()  # Numba's set-up overlaps the imports and the first pull and claim
     from dvid2ng.dispatcher.logs import configure_logging
     from dvid2ng.worker.cpus import default_threads
     from dvid2ng.worker.loop import CLOUD_TIMING, Worker, default_worker_id, tiers_from

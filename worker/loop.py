@@ -50,7 +50,6 @@ from dvid2ng.backends.base import (
 from dvid2ng.schemas.spec import VolumeSpec
 from dvid2ng.schemas.task import ShardTask, TaskError, UnsupportedTask
 from dvid2ng.schemas.tiers import next_tier
-from dvid2ng.worker.downsample import downsample_task
 from dvid2ng.worker.errors import Fenced, InputError, Interrupted, is_disk_full
 from dvid2ng.worker.memory import peak_rss_bytes, reset_peak_rss
 from dvid2ng.worker.output import ScaleStore, io_context, read_info
@@ -373,9 +372,11 @@ class Worker:
         return self._finished(delivery, task, token, outcome, bound)
 
     def _run_task(self, task, progress, stop, fence) -> ShardOutcome:
-        converters = {"transcode": transcode_shard, "downsample": downsample_task}
-        convert = converters.get(task.kind)
-        if convert is None:
+        if task.kind == "transcode":
+            convert = transcode_shard
+        elif task.kind == "downsample":  # imported when needed: a transcode worker starts faster
+            from dvid2ng.worker.downsample import downsample_task as convert
+        else:
             raise InputError(f"task kind {task.kind!r} has no converter in this worker")
         # the transcoder spreads one shard over `threads` threads; downsampling has one
         extra = {"threads": self.threads} if task.kind == "transcode" else {}
