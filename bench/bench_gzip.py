@@ -46,7 +46,10 @@ def candidates() -> dict:
 
     out = {f"zlib {lvl}": _zlib_like(zlib, lvl) for lvl in (1, 3, 6, 9)}
     out.update(
-        {f"libdeflate {lvl}": (lambda b, lvl=lvl: deflate.gzip_compress(b, lvl)) for lvl in range(1, 13)}
+        {
+            f"libdeflate {lvl}": (lambda b, lvl=lvl: deflate.gzip_compress(b, lvl))
+            for lvl in range(1, 13)
+        }
     )
     try:
         from zlib_ng import zlib_ng

@@ -93,7 +93,7 @@ def run_worker(url: str, cache: Path, importtime: bool = False) -> dict:
 def top_imports(lines: list[str], n: int = 12) -> list[tuple[int, str]]:
     rows = []
     for line in lines:
-        _, self_us, cum_us, name = (p.strip() for p in line.replace("import time:", "|").split("|"))
+        _, _self, cum_us, name = (p.strip() for p in line.replace("import time:", "|").split("|"))
         if cum_us.isdigit():
             rows.append((int(cum_us), name))
     return sorted(rows, reverse=True)[:n]

@@ -248,6 +248,7 @@ class ExportFileReader:
         self._layout = self._ipc_layout()
         self.fast_path = self._layout is not None  # own decoding of record batches
         self.bulk_scan = self.fast_path  # ... many messages per call (kernels.ipc_scan)
+        self.bulk_scanned = 0  # records of the last pass that came from the bulk scan
         # (name, first node, first buffer) of the required fields, in REQUIRED_FIELDS order
         self._fields = [(n, *self._layout[col[n]]) for n in REQUIRED_FIELDS] if self._layout else []
 
@@ -403,6 +404,7 @@ class ExportFileReader:
 
     def _iter_records(self) -> Iterator[ChunkRecord]:
         walk = _Walk(self._index)
+        self.bulk_scanned = 0
         with self.arrow_source.open(sequential=True) as f:
             pos = self._schema_end
             while True:
@@ -546,6 +548,7 @@ class ExportFileReader:
                 self._check_record(walk, rec, info, r[C.C_BATCH], r[C.C_ROW])
             yield rec
         walk.row += n
+        self.bulk_scanned += n
         del block
 
     def records_in_batch(self, batch: pa.RecordBatch, first_record: int = 0) -> list[ChunkRecord]:

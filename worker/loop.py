@@ -120,7 +120,8 @@ CLOUD_TIMING = WorkerTiming()
 def _process_age() -> float | None:
     """Seconds since this process started (Linux), for the start-up figure in the logs."""
     try:
-        fields = open("/proc/self/stat").read().rpartition(")")[2].split()
+        with open("/proc/self/stat") as f:
+            fields = f.read().rpartition(")")[2].split()
         ticks = int(fields[19])  # field 22, starttime, in clock ticks after boot
         with open("/proc/uptime") as f:
             uptime = float(f.read().split()[0])

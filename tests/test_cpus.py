@@ -1,0 +1,100 @@
+"""CPU count from the container's cgroup quota, $DVID2NG_THREADS, and the embedded run's
+workers x threads rule."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from dvid2ng.dispatcher.embedded import embedded_parallelism
+from dvid2ng.worker.cpus import (
+    available_cpus,
+    cgroup_cpu_quota,
+    default_threads,
+    schedulable_cpus,
+    threads_from_env,
+)
+
+
+def _v2(tmp_path: Path, text: str) -> Path:
+    (tmp_path / "cpu.max").write_text(text)
+    return tmp_path
+
+
+def _v1(tmp_path: Path, quota: int, period: int = 100_000) -> Path:
+    (tmp_path / "cpu").mkdir()
+    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text(f"{quota}\n")
+    (tmp_path / "cpu" / "cpu.cfs_period_us").write_text(f"{period}\n")
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    ("text", "cpus"),
+    [
+        ("max 100000\n", None),
+        ("200000 100000\n", 2.0),
+        ("150000 100000", 1.5),
+        ("50000 100000", 0.5),
+    ],
+)
+def test_cgroup_v2_quota(tmp_path, text, cpus):
+    assert cgroup_cpu_quota(_v2(tmp_path, text)) == cpus
+
+
+@pytest.mark.parametrize(("quota", "cpus"), [(-1, None), (400_000, 4.0), (250_000, 2.5)])
+def test_cgroup_v1_quota(tmp_path, quota, cpus):
+    assert cgroup_cpu_quota(_v1(tmp_path, quota)) == cpus
+
+
+def test_no_cgroup_files_means_no_quota(tmp_path):
+    assert cgroup_cpu_quota(tmp_path) is None
+    assert available_cpus(tmp_path) == schedulable_cpus()
+
+
+def test_quota_rounds_up_and_never_exceeds_the_affinity(tmp_path):
+    """1.5 CPUs of quota are paid for as 2 threads' worth; a quota above the CPUs this process
+    may run on does not add threads that could not run."""
+    assert available_cpus(_v2(tmp_path, "150000 100000")) == min(2, schedulable_cpus())
+    assert available_cpus(_v2(tmp_path, "50000 100000")) == 1
+    big = tmp_path / "big"
+    big.mkdir()
+    assert available_cpus(_v2(big, f"{1000 * 100_000} 100000")) == schedulable_cpus()
+
+
+def test_env_overrides_the_quota(tmp_path):
+    root = _v2(tmp_path, "100000 100000")
+    assert default_threads({"DVID2NG_THREADS": "6"}, root) == 6
+    assert default_threads({}, root) == 1
+    assert default_threads({"DVID2NG_THREADS": " "}, root) == 1
+
+
+@pytest.mark.parametrize("bad", ["0", "-2", "two", "1.5"])
+def test_bad_env_threads_is_a_clear_error(bad):
+    with pytest.raises(ValueError, match="DVID2NG_THREADS"):
+        threads_from_env({"DVID2NG_THREADS": bad})
+
+
+@pytest.mark.parametrize(
+    ("workers", "threads", "shards", "cpus", "want"),
+    [
+        (None, None, 1, 8, (1, 8)),  # one big shard: all cores as threads
+        (None, None, 3, 8, (3, 2)),  # 3 x 2 = 6 of 8 (no core shared by two processes)
+        (None, None, 100, 8, (8, 1)),  # many shards: processes scale best
+        (None, None, 100, 2, (2, 1)),
+        (2, None, 100, 8, (2, 4)),  # --workers 2
+        (None, 4, 100, 8, (2, 4)),  # --threads 4
+        (None, 4, 1, 8, (1, 4)),  # --threads 4, one shard
+        (3, 3, 10, 2, (3, 3)),  # both given: as given
+        (16, None, 100, 8, (16, 1)),  # more workers than CPUs: one thread each
+        (None, None, 0, 4, (1, 4)),  # nothing planned yet
+    ],
+)
+def test_embedded_rule(workers, threads, shards, cpus, want, monkeypatch):
+    monkeypatch.delenv("DVID2NG_THREADS", raising=False)
+    assert embedded_parallelism(workers, threads, shards, cpus) == want
+
+
+def test_embedded_rule_takes_env_threads(monkeypatch):
+    monkeypatch.setenv("DVID2NG_THREADS", "2")
+    assert embedded_parallelism(None, None, 100, 8) == (4, 2)
