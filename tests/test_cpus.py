@@ -3,6 +3,9 @@ workers x threads rule."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -98,3 +101,52 @@ def test_embedded_rule(workers, threads, shards, cpus, want, monkeypatch):
 def test_embedded_rule_takes_env_threads(monkeypatch):
     monkeypatch.setenv("DVID2NG_THREADS", "2")
     assert embedded_parallelism(None, None, 100, 8) == (4, 2)
+
+
+def _pinned_to_one_cpu() -> None:
+    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="Linux only")
+def test_a_process_pinned_to_one_cpu_counts_one():
+    """The real thing, not a fake cgroup folder: `taskset -c 0` (what cpusets and Docker's
+    --cpuset-cpus do) leaves one CPU, whatever the host has."""
+    code = "from dvid2ng.worker.cpus import available_cpus; print(available_cpus())"
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, preexec_fn=_pinned_to_one_cpu
+    )
+    assert done.stdout.strip() == "1", done.stderr
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="Linux only")
+@pytest.mark.parametrize(
+    ("env_threads", "want"), [(None, "1 workers x 1 threads"), ("3", "1 workers x 3 threads")]
+)
+def test_run_sizes_itself_from_the_cpus_it_may_use(tmp_path, env_threads, want):
+    """`dvid2ng run` on one CPU starts one worker of one thread; $DVID2NG_THREADS sets the
+    threads (and so leaves no CPU for a second worker)."""
+    from tests.exports import make_export
+
+    export = make_export(tmp_path)
+    env = {k: v for k, v in os.environ.items() if k != "DVID2NG_THREADS"}
+    if env_threads:
+        env["DVID2NG_THREADS"] = env_threads
+    done = subprocess.run(
+        [sys.executable, "-m", "dvid2ng.dispatcher.cli", "run", str(export.source),
+         str(tmp_path / "vol"), "--spec", str(export.spec_path), "--no-progress"],
+        capture_output=True, text=True, env=env, timeout=600, preexec_fn=_pinned_to_one_cpu,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"({want})" in done.stderr, done.stderr[-2000:]
+
+
+@pytest.mark.parametrize("bad", ["0", "abc"])
+def test_run_refuses_bad_env_threads_exit_2(tmp_path, bad):
+    env = {**os.environ, "DVID2NG_THREADS": bad}
+    done = subprocess.run(
+        [sys.executable, "-m", "dvid2ng.dispatcher.cli", "run", str(tmp_path), str(tmp_path / "o"),
+         "--spec", str(tmp_path / "spec.json")],
+        capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert "DVID2NG_THREADS" in done.stderr and "Traceback" not in done.stderr
