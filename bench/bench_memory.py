@@ -73,8 +73,15 @@ def convert_in_this_process(source: Path, spec_path: Path, scale: int, dest: Pat
     }
 
 
-def run_child(source: Path, spec: Path, scale: int, threads: int, fleet: bool) -> dict:
-    dest = OUT / "dest-memory"
+def run_child(
+    source: Path,
+    spec: Path,
+    scale: int,
+    threads: int,
+    fleet: bool,
+    dest: Path = OUT / "dest-memory",
+) -> dict:
+    """Convert in a fresh process; its figures (peak RSS = the child's own VmHWM)."""
     shutil.rmtree(dest, ignore_errors=True)
     code = (
         "import json, sys; sys.path.insert(0, sys.argv[1]); from pathlib import Path; "

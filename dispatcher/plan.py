@@ -36,12 +36,17 @@ from dvid2ng.worker.sources import task_fingerprint
 # The worker's memory, measured (bench/bench_memory.py, docs/performance.md "Memory model"):
 # the process with its libraries, plus the gzipped chunks of its shard, which the one
 # TensorStore transaction holds until the commit and then writes out as the shard file.
+# Fit over shards of 258 (real mCNS), 1K, 8K and 32K chunks, 1 and 2 threads, with the fleet's
+# clients loaded: peak = 254 MiB + 1.18 x gzipped shard. Rounded up so that the estimate errs
+# high (+1-3 % on s0-like shards, +10 % on a dense one): a low estimate is an OOM kill and a
+# retry one tier up, a high one only a little unused memory.
 WORKER_BASE_BYTES = 260 * 2**20  # interpreter, NumPy, Numba + kernels, TensorStore, pyarrow,
 # the fleet's Pub/Sub, Firestore and Storage clients, the reader's blocks and threads
 MEMORY_PER_GZIP_BYTE = 1.2  # peak bytes per gzipped byte of the shard
 # The gzipped shard from the source: a DVID export record is its zstd block and label lists
 # (about as many bytes as the gzipped compressed_segmentation chunk they become: 0.95 on the
-# real mCNS shard, 1.01 on the generated s0-like ones) plus ~605 bytes of Arrow framing.
+# real mCNS shard, 1.01 on the generated s0-like ones, 0.82 on a dense one) plus ~600 bytes of
+# Arrow framing.
 GZIP_PER_PAYLOAD_BYTE = 1.0
 IPC_BYTES_PER_RECORD = 600
 
