@@ -66,11 +66,37 @@ def test_libdeflate_and_zstd_release_the_gil(big_block):
     assert overlap_fraction(lambda: dctx.decompress(frame), CALLS) > 0
 
 
+# The kernel modules a converter thread calls into: the transcoder, the z-stride path and the
+# cseg encoder it uses, the reader's bulk Arrow scan, and the downsampling worker's kernels.
+CONVERT_PATH_MODULES = ("dvid_block", "cseg", "_cseg_core", "zstride", "ipc_scan", "downsample")
+
+
 def test_worker_path_kernels_are_declared_nogil():
-    """Every Numba function the transcode path calls is compiled nogil (checked on the
-    dispatchers, so a kernel added without it is caught even before it is slow)."""
+    """Every Numba function of those modules is compiled nogil (read from the dispatchers, so a
+    kernel added without it is caught even before anything is slow). One kernel holding the
+    GIL would serialise every converter thread behind it."""
+    import importlib
+
+    from numba.core.dispatcher import Dispatcher
+
+    seen = 0
+    for name in CONVERT_PATH_MODULES:
+        module = importlib.import_module(f"dvid2ng.kernels.{name}")
+        for attr, fn in vars(module).items():
+            if isinstance(fn, Dispatcher) and fn.py_func.__module__ == module.__name__:
+                seen += 1
+                assert fn.targetoptions.get("nogil") is True, f"{name}.{attr} holds the GIL"
+    assert seen >= 40  # the walk found the kernels (46 today), not an empty list
     for fn in (dvid_block_module._transcode_kernel, ipc_scan.scan_record_batches):
         assert fn.targetoptions.get("nogil") is True, fn
+
+
+def test_zstride_encoder_releases_the_gil(big_block):
+    """The Z-compressed path (`run --z-compress`) runs on the same converter threads."""
+    from dvid2ng.kernels.zstride import dvid_block_to_cseg_zstride
+
+    block, _ = big_block
+    assert overlap_fraction(lambda: dvid_block_to_cseg_zstride(block, None, 2), CALLS) > 0
 
 
 def test_real_records_decompress_and_transcode_off_the_gil():
