@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import sys
 from pathlib import Path
 
@@ -276,11 +277,36 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     # Start the workers now: their start-up runs while this process plans (see early_workers).
     threads_hint = args.threads or env_threads
-    early = EarlyWorkers(args.workers or max(1, cpus // threads_hint if threads_hint else cpus))
+    count = args.workers or max(1, cpus // threads_hint if threads_hint else cpus)
+    files = _local_export_files(args.source, args.scales)
+    if files is not None and not args.workers:  # no more early workers than shards: a spare
+        count = max(1, min(count, files))  # one would only take a core from the planner
+    early = EarlyWorkers(count)
     try:
         return _run_planned(args, early, cpus)
     finally:
         early.close()
+
+
+def _local_export_files(source: str | Path, scales: list[int] | None) -> int | None:
+    """How many `.arrow` files a local export has in the chosen scales (one shard each), from
+    directory listings only (milliseconds); None for a remote source or an unreadable one (the
+    planner then reports the problem)."""
+    text = str(source)
+    if "://" in text and not text.startswith("file://"):
+        return None
+    root = Path(text.removeprefix("file://"))
+    try:
+        folders = (
+            [root / f"s{s}" for s in scales]
+            if scales is not None
+            else [p for p in root.iterdir() if p.is_dir() and p.name[:1] == "s"]
+        )
+        return sum(
+            1 for f in folders if f.is_dir() for e in os.scandir(f) if e.name.endswith(".arrow")
+        )
+    except OSError:
+        return None
 
 
 def _run_planned(args: argparse.Namespace, early, cpus: int) -> int:
