@@ -197,11 +197,11 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--watch", action="store_true", help="refresh every 5 s until finished")
     st.add_argument("--json", action="store_true", help="machine-readable output")
 
-    from dvid2ng.dispatcher import fleet, view
+    from dvid2ng.dispatcher import fleet, view_cli
     from dvid2ng.dispatcher.check_cli import COMMANDS
 
     fleet.add_parsers(sub)
-    view.add_parser(sub)
+    view_cli.add_parser(sub)
     for add_parser, _ in COMMANDS.values():  # validate-dvid, verify
         add_parser(sub)
     return p

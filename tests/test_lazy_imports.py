@@ -15,7 +15,10 @@ from pathlib import Path
 
 import pytest
 
-HEAVY = ("tensorstore", "numba", "pyarrow", "numpy", "zstandard", "google.cloud", "grpc")
+# http.server (with email, html, ...: ~150 ms) is for `dvid2ng view` only
+HEAVY = (
+    "tensorstore", "numba", "pyarrow", "numpy", "zstandard", "google.cloud", "grpc", "http.server",
+)  # fmt: skip
 
 # Runs the CLI's main() as `dvid2ng ARGS...` would, then prints the loaded top-level packages
 # (and google.cloud.*): exit codes are ignored, --help exits 0 via SystemExit.

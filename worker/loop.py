@@ -354,7 +354,14 @@ class Worker:
 
         def progress(chunks_done: int) -> None:
             if not beat.chunks_done and chunks_done:  # start-up and source latency, once
-                bound.info("first_chunks", chunks=chunks_done, worker_age_s=_process_age())
+                bound.info(
+                    "first_chunks",
+                    chunks=chunks_done,
+                    worker_age_s=_process_age(),
+                    # CPU seconds of this process so far: the start-up's work, whatever the
+                    # machine's load did to its wall time
+                    worker_cpu_s=round(sum(os.times()[:2]), 2),
+                )
             beat.chunks_done = chunks_done
 
         def stop() -> bool:
