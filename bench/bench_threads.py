@@ -18,7 +18,9 @@ threads when T > 1), "main thread alone" = what the reading and writing thread d
 (Arrow scan, TensorStore writes, commit); the serial part that bounds the speed-up.
 
 The machine's load average before and after is printed with the table: on a shared machine a
-speed-up below 2 may be other processes holding a core, which `busy` tells apart.
+speed-up below 2 may be other processes holding a core, which `busy` tells apart, and so does
+the control measured in each child just before its shard: hashlib.sha256 (which holds no GIL)
+on 2 threads against 1, i.e. what two threads could get from the machine at that moment.
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ def measure(source: Path, dest: Path, threads: int) -> dict:
 
     transcode._convert_group = timed_group
     warm_up_transcode()
+    control = control_speedup()
     spec = VolumeSpec.load(source / "spec.json")
     (task,) = plan_transcode(source, str(dest), spec, scales=[0]).tasks
     write_info(str(dest), spec.info())
@@ -78,6 +81,7 @@ def measure(source: Path, dest: Path, threads: int) -> dict:
     cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
     return {
         "threads": threads,
+        "control_speedup": control,
         "chunks": out.chunks_read,
         "seconds": wall,
         "cpu_seconds": cpu,
@@ -88,6 +92,35 @@ def measure(source: Path, dest: Path, threads: int) -> dict:
         "peak_rss_mib": peak_rss_bytes() / 2**20,
         "shard_bytes": out.bytes_written,
     }
+
+
+def control_speedup(seconds: float = 1.0) -> float:
+    """What two threads could get from this machine at this moment: hashlib.sha256 over 4 MiB
+    (which releases the GIL for the whole hash) on 1 and then 2 threads, items per second
+    of 2 over 1. About 2.0 on two idle cores; near 1.0 when other processes hold a core."""
+    import hashlib
+    import threading
+
+    data = os.urandom(4 << 20)
+
+    def rate(threads: int) -> float:
+        done = [0] * threads
+        stop = time.perf_counter() + seconds
+
+        def work(i: int) -> None:
+            while time.perf_counter() < stop:
+                hashlib.sha256(data).digest()
+                done[i] += 1
+
+        pool = [threading.Thread(target=work, args=(i,)) for i in range(threads)]
+        t = time.perf_counter()
+        for th in pool:
+            th.start()
+        for th in pool:
+            th.join()
+        return sum(done) / (time.perf_counter() - t)
+
+    return rate(2) / rate(1)
 
 
 def two_cores() -> set[int]:
@@ -136,7 +169,7 @@ def main() -> None:
             print(
                 f"round {i + 1} threads {t}: {r['chunks_per_s']:,.0f} chunks/s "
                 f"({r['seconds']:.2f} s wall, {r['cpu_seconds']:.2f} s CPU, "
-                f"load {r['load1']:.2f})",
+                f"load {r['load1']:.2f}, sha256 control {r['control_speedup']:.2f}x)",
                 file=sys.stderr,
                 flush=True,
             )
@@ -150,15 +183,16 @@ def main() -> None:
     )
     print(
         "| threads | best wall s | chunks/s | speed-up | CPU s | busy cores | convert CPU s "
-        "| main thread alone CPU s | peak RSS MiB |"
+        "| main thread alone CPU s | peak RSS MiB | sha256 control, 2 vs 1 thread |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for t, r in best.items():
         print(
             f"| {t} | {r['seconds']:.2f} | {r['chunks_per_s']:,.0f} | "
             f"{base['seconds'] / r['seconds']:.2f}x | {r['cpu_seconds']:.2f} | "
             f"{r['cpu_seconds'] / r['seconds']:.2f} | {r['convert_cpu_seconds']:.2f} | "
-            f"{r['main_only_cpu_seconds']:.2f} | {r['peak_rss_mib']:.0f} |"
+            f"{r['main_only_cpu_seconds']:.2f} | {r['peak_rss_mib']:.0f} | "
+            f"{r['control_speedup']:.2f}x |"
         )
     a.json.write_text(
         json.dumps({"runs": runs, "load_before": load_before, "load_after": load_after}, indent=2)
