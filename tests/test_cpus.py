@@ -150,3 +150,43 @@ def test_run_refuses_bad_env_threads_exit_2(tmp_path, bad):
     )  # fmt: skip
     assert done.returncode == 2
     assert "DVID2NG_THREADS" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_v2_quota_of_the_own_cgroup_and_its_ancestors(tmp_path):
+    """On a host (no cgroup namespace) the process's cgroup is a folder below the mount; a
+    quota on it or on any ancestor limits it, the smallest wins."""
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    own = tmp_path / "system.slice" / "dvid2ng.service"
+    own.mkdir(parents=True)
+    (tmp_path / "system.slice" / "cpu.max").write_text("300000 100000\n")
+    (own / "cpu.max").write_text("max 100000\n")
+    proc = "0::/system.slice/dvid2ng.service\n"
+    assert cgroup_cpu_quota(tmp_path, proc) == 3.0
+    (own / "cpu.max").write_text("150000 100000\n")
+    assert cgroup_cpu_quota(tmp_path, proc) == 1.5
+
+
+def test_v2_path_missing_below_the_mount_means_the_mount_is_the_container(tmp_path):
+    """Inside a container without a cgroup namespace /proc/self/cgroup still names the host's
+    path, while /sys/fs/cgroup is the container's own cgroup: its quota applies."""
+    _v2(tmp_path, "200000 100000\n")
+    assert cgroup_cpu_quota(tmp_path, "0::/kubepods/burstable/pod1/abc\n") == 2.0
+
+
+def test_v1_nested_cpu_controller(tmp_path):
+    _v1(tmp_path, -1)
+    nested = tmp_path / "cpu" / "docker" / "abc"
+    nested.mkdir(parents=True)
+    (nested / "cpu.cfs_quota_us").write_text("50000\n")
+    (nested / "cpu.cfs_period_us").write_text("100000\n")
+    proc = "4:memory:/docker/abc\n3:cpu,cpuacct:/docker/abc\n0::/\n"
+    assert cgroup_cpu_quota(tmp_path, proc) == 0.5
+    assert cgroup_cpu_quota(tmp_path, "3:cpu,cpuacct:/\n") is None  # the root: -1, no quota
+
+
+def test_this_machine_reads_without_error():
+    """The real /sys/fs/cgroup and /proc/self/cgroup of wherever the tests run: a quota, if
+    any, is positive and the count stays within the affinity."""
+    quota = cgroup_cpu_quota()
+    assert quota is None or quota > 0
+    assert 1 <= available_cpus() <= schedulable_cpus()

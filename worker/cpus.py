@@ -22,24 +22,72 @@ from pathlib import Path
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 
-def cgroup_cpu_quota(root: Path = CGROUP_ROOT) -> float | None:
-    """CPUs allowed by the cgroup quota (may be fractional), or None when there is none."""
-    try:  # cgroup v2, the container's own cgroup mounted at the root
-        quota, _, period = (root / "cpu.max").read_text().strip().partition(" ")
-        if quota != "max":
-            q, p = int(quota), int(period or 100_000)
-            if q > 0 and p > 0:
-                return q / p
-        return None
-    except (OSError, ValueError):
-        pass
-    for folder in (root / "cpu", root / "cpu,cpuacct", root):  # cgroup v1
+def _own_cgroups(proc_cgroup: str | None) -> tuple[str, str]:
+    """(v2 path, v1 cpu controller path) of this process, from /proc/self/cgroup ("/" when
+    absent): `0::/PATH` is the v2 line, `N:cpu,cpuacct:/PATH` the v1 cpu controller's."""
+    if proc_cgroup is None:
         try:
-            q = int((folder / "cpu.cfs_quota_us").read_text().strip())
-            p = int((folder / "cpu.cfs_period_us").read_text().strip())
-        except (OSError, ValueError):
-            continue
-        return q / p if q > 0 and p > 0 else None
+            proc_cgroup = Path("/proc/self/cgroup").read_text()
+        except OSError:
+            proc_cgroup = ""
+    v2 = v1 = "/"
+    for line in proc_cgroup.splitlines():
+        _, _, rest = line.partition(":")
+        controllers, _, path = rest.partition(":")
+        if not controllers and line.startswith("0:"):
+            v2 = path or "/"
+        elif "cpu" in controllers.split(","):
+            v1 = path or "/"
+    return v2, v1
+
+
+def _up_from(mount: Path, path: str) -> list[Path]:
+    """The folders of cgroup `path` and of its ancestors that exist under `mount`, own first.
+    Inside a container the mount usually is the container's own cgroup already (its path
+    then does not exist below it and only the mount itself is left); on a host, or without a
+    cgroup namespace, the path leads to it. Every ancestor's quota limits the process too."""
+    parts = [p for p in path.split("/") if p]
+    folders = [mount.joinpath(*parts[:n]) for n in range(len(parts), 0, -1)] + [mount]
+    return [f for f in folders if f.is_dir()]
+
+
+def _v2_quota(folder: Path) -> float | None:
+    quota, _, period = (folder / "cpu.max").read_text().strip().partition(" ")
+    if quota == "max":
+        return None
+    q, p = int(quota), int(period or 100_000)
+    return q / p if q > 0 and p > 0 else None
+
+
+def _v1_quota(folder: Path) -> float | None:
+    q = int((folder / "cpu.cfs_quota_us").read_text().strip())
+    p = int((folder / "cpu.cfs_period_us").read_text().strip())
+    return q / p if q > 0 and p > 0 else None  # -1: no quota
+
+
+def cgroup_cpu_quota(root: Path = CGROUP_ROOT, proc_cgroup: str | None = None) -> float | None:
+    """CPUs allowed by the cgroup quota (may be fractional), or None when there is none: the
+    smallest quota of this process's cgroup and its ancestors, v2 (`cpu.max`) if the cpu
+    controller is there, else v1 (`cpu.cfs_quota_us` / `cpu.cfs_period_us`)."""
+    v2_path, v1_path = _own_cgroups(proc_cgroup)
+    for reader, mounts, path in (
+        (_v2_quota, [root], v2_path),
+        (_v1_quota, [root / "cpu", root / "cpu,cpuacct", root], v1_path),
+    ):
+        found, quotas = False, []
+        for mount in mounts:
+            for folder in _up_from(mount, path):
+                try:
+                    quota = reader(folder)
+                except (OSError, ValueError):
+                    continue  # no such file here: not this version, or not this controller
+                found = True
+                if quota is not None:
+                    quotas.append(quota)
+            if found:
+                break
+        if found:
+            return min(quotas) if quotas else None
     return None
 
 
