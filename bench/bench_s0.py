@@ -56,15 +56,18 @@ SYNTH_SPEC = {
 }
 
 
-def make_synthetic_shard(chunks: int, labels_per_chunk: int = 30, seed: int = 0) -> Path:
-    """An s0-like DVID export file of `chunks` records (cached). Blocks come from a pool cut
-    from a synthetic segmentation; each record gets its own body ids through `labels`."""
+def make_synthetic_shard(
+    chunks: int, labels_per_chunk: int = 30, seed: int = 0, root: Path = OUT
+) -> Path:
+    """An s0-like DVID export file of `chunks` records (cached under `root`). Blocks come from
+    a pool cut from a synthetic segmentation; each record gets its own body ids through
+    `labels`."""
     from dvid2ng.dvidexport.synthetic import synthetic_volume
     from dvid2ng.dvidexport.writer import write_export_file
     from dvid2ng.kernels import dvid_block_table
     from dvid2ng.kernels.dvid_encode import encode_dvid_block
 
-    src = OUT / f"synthetic-{chunks}-{labels_per_chunk}labels" / "s0"
+    src = root / f"synthetic-{chunks}-{labels_per_chunk}labels" / "s0"
     arrow = src / "0_0_0.arrow"
     if arrow.exists():
         return src.parent

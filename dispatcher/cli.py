@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import sys
 from pathlib import Path
 
@@ -65,13 +66,21 @@ def _version() -> str:
         return "unknown"
 
 
+class _VersionAction(argparse.Action):
+    """--version, looked up only when asked (importlib.metadata costs ~0.1 s at start-up)."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        print(f"dvid2ng {_version()}")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="dvid2ng",
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--version", action="version", version=f"dvid2ng {_version()}")
+    p.add_argument("--version", action=_VersionAction, nargs=0, help="show the version and exit")
     p.add_argument(
         "--log-level",
         default="warning",
@@ -116,7 +125,16 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive,
         default=None,
         metavar="N",
-        help="worker processes (default: CPU count)",
+        help="worker processes, one shard each at a time (default: the CPUs this process may "
+        "use, at most one per shard)",
+    )
+    run.add_argument(
+        "--threads",
+        type=_positive,
+        default=None,
+        metavar="N",
+        help="converter threads per worker (default: $DVID2NG_THREADS, else CPUs / workers, "
+        "so that workers x threads ~= CPUs)",
     )
     run.add_argument(
         "--gzip-level",
@@ -179,11 +197,11 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--watch", action="store_true", help="refresh every 5 s until finished")
     st.add_argument("--json", action="store_true", help="machine-readable output")
 
-    from dvid2ng.dispatcher import fleet, view
+    from dvid2ng.dispatcher import fleet, view_cli
     from dvid2ng.dispatcher.check_cli import COMMANDS
 
     fleet.add_parsers(sub)
-    view.add_parser(sub)
+    view_cli.add_parser(sub)
     for add_parser, _ in COMMANDS.values():  # validate-dvid, verify
         add_parser(sub)
     return p
@@ -241,8 +259,6 @@ def _main(argv: list[str] | None) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    import os
-
     if args.downres is not None:
         from dvid2ng.dispatcher.pyramid_run import cmd_run_pyramid
 
@@ -251,7 +267,50 @@ def cmd_run(args: argparse.Namespace) -> int:
         print("dvid2ng: error: --only-missing applies to --downres scales", file=sys.stderr)
         return EXIT_USAGE
 
-    from dvid2ng.dispatcher.embedded import prepare_state_dir, run_embedded
+    from dvid2ng.dispatcher.early_workers import EarlyWorkers
+    from dvid2ng.worker.cpus import available_cpus, threads_from_env
+
+    try:
+        cpus, env_threads = available_cpus(), threads_from_env()
+    except ValueError as e:
+        print(f"dvid2ng: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    # Start the workers now: their start-up runs while this process plans (see early_workers).
+    threads_hint = args.threads or env_threads
+    count = args.workers or max(1, cpus // threads_hint if threads_hint else cpus)
+    files = _local_export_files(args.source, args.scales)
+    if files is not None and not args.workers:  # no more early workers than shards: a spare
+        count = max(1, min(count, files))  # one would only take a core from the planner
+    early = EarlyWorkers(count)
+    try:
+        return _run_planned(args, early, cpus)
+    finally:
+        early.close()
+
+
+def _local_export_files(source: str | Path, scales: list[int] | None) -> int | None:
+    """How many `.arrow` files a local export has in the chosen scales (one shard each), from
+    directory listings only (milliseconds); None for a remote source or an unreadable one (the
+    planner then reports the problem)."""
+    text = str(source)
+    if "://" in text and not text.startswith("file://"):
+        return None
+    root = Path(text.removeprefix("file://"))
+    try:
+        folders = (
+            [root / f"s{s}" for s in scales]
+            if scales is not None
+            else [p for p in root.iterdir() if p.is_dir() and p.name[:1] == "s"]
+        )
+        return sum(
+            1 for f in folders if f.is_dir() for e in os.scandir(f) if e.name.endswith(".arrow")
+        )
+    except OSError:
+        return None
+
+
+def _run_planned(args: argparse.Namespace, early, cpus: int) -> int:
+    from dvid2ng.dispatcher.embedded import embedded_parallelism, prepare_state_dir, run_embedded
     from dvid2ng.dispatcher.plan import PlanError, check_spec, plan_transcode
     from dvid2ng.dispatcher.progress import RunProgress
 
@@ -269,12 +328,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     except PlanError as e:
         print(f"dvid2ng: error: {e}", file=sys.stderr)
         return EXIT_USAGE
-    workers = args.workers or os.cpu_count() or 1
+    workers, threads = embedded_parallelism(args.workers, args.threads, len(plan.tasks), cpus)
     for note in plan.notes:
         print(f"dvid2ng: note: {note}", file=sys.stderr)
     print(
         f"dvid2ng: {len(plan.tasks)} shards, {plan.total_chunks:,} chunks in scales "
-        f"{','.join(map(str, plan.scales))} -> {args.dest} ({workers} workers)",
+        f"{','.join(map(str, plan.scales))} -> {args.dest} ({workers} workers x {threads} "
+        f"threads)",
         file=sys.stderr,
     )
     progress = RunProgress(len(plan.tasks), plan.total_chunks, enabled=not args.no_progress)
@@ -282,9 +342,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         summary = run_embedded(
             plan,
             workers=workers,
+            threads=threads,
             state_dir=state_dir,
             gzip_level=args.gzip_level,
             progress=progress,
+            early=early,
         )
     except PlanError as e:
         print(f"dvid2ng: error: {e}", file=sys.stderr)

@@ -17,7 +17,6 @@ SIGTERM when the supervisor dies, however it dies).
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import dataclasses
 import errno
 import fcntl
@@ -42,13 +41,19 @@ from dvid2ng.backends.base import (
 )
 from dvid2ng.backends.sqlite_queue import SqliteQueue, StateFileVersionError
 from dvid2ng.backends.sqlite_state import SqliteStateStore
+from dvid2ng.dispatcher.early_workers import (
+    EMBEDDED_ATTEMPTS_PER_TIER,
+    EarlyWorkers,
+    WorkerSettings,
+    die_with_parent,
+    worker_environment,
+)
 from dvid2ng.dispatcher.plan import Plan, PlanError, source_name
 from dvid2ng.dispatcher.resume import plan_publish, release_orphans
 from dvid2ng.schemas.tiers import tier_names
 from dvid2ng.worker.loop import KIND_DIED, WorkerTiming
 from dvid2ng.worker.output import OutputError, is_local, write_info
 
-EMBEDDED_ATTEMPTS_PER_TIER = 2
 # One machine: heartbeats are cheap, and a dead worker is reported by the supervisor anyway.
 EMBEDDED_TIMING = WorkerTiming(
     heartbeat_seconds=1.0,
@@ -246,13 +251,18 @@ def run_embedded(
     plan: Plan,
     *,
     workers: int = 1,
+    threads: int = 1,
     state_dir: Path | None = None,
     gzip_level: int = 6,
     attempts_per_tier: int = EMBEDDED_ATTEMPTS_PER_TIER,
     progress: Callable[[list[SummaryRow]], None] | None = None,
     log_level: str = "info",
+    early: EarlyWorkers | None = None,
 ) -> RunSummary:
+    """Convert `plan` with `workers` worker processes of `threads` converter threads each.
+    `early`: worker processes started (and warmed up) before the plan was made, used first."""
     started = time.monotonic()
+    settings = WorkerSettings(gzip_level, attempts_per_tier, log_level, threads)
     if state_dir is None:
         state_dir = prepare_state_dir(plan.dest)
     else:
@@ -274,14 +284,11 @@ def run_embedded(
                 run_id=run_id,
                 tasks=[dataclasses.replace(t, run_id=run_id) for t in plan.tasks],
             )
-        return _run_locked(
-            plan, started, workers, state_dir, gzip_level, attempts_per_tier, progress, log_level
-        )
+        return _run_locked(plan, started, workers, state_dir, settings, progress, early)
 
 
-def _run_locked(
-    plan, started, workers, state_dir, gzip_level, attempts_per_tier, progress, log_level
-) -> RunSummary:
+def _run_locked(plan, started, workers, state_dir, settings, progress, early) -> RunSummary:
+    attempts_per_tier = settings.attempts
     queue_path = state_dir / QUEUE_FILE
     for suffix in ("", "-wal", "-shm"):  # the queue is rebuilt from the state on every run
         Path(str(queue_path) + suffix).unlink(missing_ok=True)
@@ -299,9 +306,9 @@ def _run_locked(
     baseline = _finished_chunks(state.summary(plan.run_id))
     interrupted_by = 0
     if todo.messages:
-        interrupted_by = _Supervisor(
-            state_dir, plan, state, queue, workers, gzip_level, attempts_per_tier, log_level
-        ).run(progress)
+        interrupted_by = _Supervisor(state_dir, plan, state, queue, workers, settings, early).run(
+            progress
+        )
     elif progress is not None:
         progress(state.summary(plan.run_id))
     rows = [r for r in state.summary(plan.run_id) if r.scale in plan.scales]  # this plan's
@@ -334,11 +341,35 @@ def _finished_chunks(rows: list[SummaryRow]) -> int:
 # -- the supervisor ------------------------------------------------------------------------------
 
 
-def _worker_main(
-    state_dir: str, index: int, stop, gzip_level: int, attempts: int, log_level: str, parent: int
-) -> None:
+def embedded_parallelism(
+    workers: int | None, threads: int | None, shards: int, cpus: int | None = None
+) -> tuple[int, int]:
+    """(worker processes, converter threads each) for a run on this machine, so that workers x
+    threads ~= the CPUs this process may use and no core converts for two processes:
+
+    * neither given: one worker per CPU, but no more workers than shards; the CPUs left over
+      go to the workers as threads (1 shard on 8 CPUs: 1 x 8; 3 shards: 3 x 2; 100: 8 x 1);
+    * --workers N: CPUs // N threads each (at least 1);
+    * --threads T (or $DVID2NG_THREADS): CPUs // T workers (at least 1, at most one per shard);
+    * both: as given (the user may oversubscribe on purpose).
+    Processes scale best (no shared GIL), threads keep one big shard from leaving cores idle.
+    """
+    from dvid2ng.worker.cpus import available_cpus, threads_from_env
+
+    cpus = cpus or available_cpus()
+    threads = threads or threads_from_env()
+    most = max(1, shards)
+    if workers is None:
+        workers = max(1, min(most, cpus // threads if threads else cpus))
+    if threads is None:
+        threads = max(1, cpus // workers)
+    return workers, threads
+
+
+def _worker_main(state_dir: str, index: int, stop, settings: WorkerSettings, parent: int) -> None:
     """Entry point of one embedded worker process (spawned)."""
-    _die_with_parent(parent)
+    die_with_parent(parent)
+    gzip_level, attempts, log_level = settings.gzip_level, settings.attempts, settings.log_level
     local_stop = [False]
 
     def on_term(signum, frame) -> None:  # the supervisor's death, or `kill`: stop cleanly
@@ -362,6 +393,7 @@ def _worker_main(
         state,
         worker_id=worker_id(index, os.getpid()),
         gzip_level=gzip_level,
+        threads=settings.threads,
         timing=EMBEDDED_TIMING,
         memory_budget=memory_budget_bytes(),
         should_stop=should_stop,
@@ -369,32 +401,26 @@ def _worker_main(
     worker.run(tier_names())
 
 
-def _die_with_parent(parent: int) -> None:
-    """Ask Linux to send us SIGTERM when the supervisor dies (PR_SET_PDEATHSIG), so a worker
-    never converts on for a run that is gone; then make sure it had not died already."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG = 1
-    if os.getppid() != parent:
-        sys.exit(0)
-
-
 class _Supervisor:
-    def __init__(
-        self, state_dir, plan, state, queue, workers, gzip_level, attempts_per_tier, log_level
-    ) -> None:
+    def __init__(self, state_dir, plan, state, queue, workers, settings, early) -> None:
         self.state_dir, self.plan, self.state, self.queue = state_dir, plan, state, queue
         self.n = workers
-        self.args = (gzip_level, attempts_per_tier, log_level)
+        self.settings: WorkerSettings = settings
+        self.early: EarlyWorkers | None = early
         self.ctx = mp.get_context("spawn")
-        self.stop = self.ctx.Event()
+        self.stop = early.stop if early is not None else self.ctx.Event()
         self.procs: list[mp.process.BaseProcess] = []
         self.startup_deaths = 0
 
     def spawn(self, index: int) -> mp.process.BaseProcess:
-        gzip_level, attempts, log_level = self.args
-        args = (str(self.state_dir), index, self.stop, gzip_level, attempts, log_level, os.getpid())
-        proc = self.ctx.Process(target=_worker_main, args=args, daemon=True)
-        proc.start()
+        if self.early is not None:
+            proc = self.early.hand_over(str(self.state_dir), index, self.settings)
+            if proc is not None:
+                return proc
+        args = (str(self.state_dir), index, self.stop, self.settings, os.getpid())
+        with worker_environment():
+            proc = self.ctx.Process(target=_worker_main, args=args, daemon=True)
+            proc.start()
         return proc
 
     def run(self, progress) -> int:
@@ -403,6 +429,8 @@ class _Supervisor:
         interrupted_by = 0
         try:
             self.procs = [self.spawn(i) for i in range(self.n)]
+            if self.early is not None:
+                self.early.close()  # any left over are not needed
             self._watch(progress)
         except KeyboardInterrupt as e:
             interrupted_by = signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT
@@ -422,6 +450,7 @@ class _Supervisor:
         return interrupted_by
 
     def _watch(self, progress) -> None:
+        started = time.monotonic()
         while True:
             if progress is not None:
                 progress(self.state.summary(self.plan.run_id))
@@ -430,7 +459,9 @@ class _Supervisor:
                 return  # every message acked or dead-lettered: all work is settled
             if not any(p.is_alive() for p in self.procs):
                 return  # gave up respawning (see _replace_dead_workers)
-            time.sleep(0.5)
+            # Look often while the run is young (a small run's end is noticed within 0.1 s,
+            # not 0.5), then every 0.5 s: the summary query grows with the number of shards.
+            time.sleep(0.1 if time.monotonic() - started < 30 else 0.5)
 
     def _replace_dead_workers(self) -> None:
         for i, p in enumerate(self.procs):
@@ -491,4 +522,12 @@ def _raise_terminated(signum, frame) -> None:
     raise Terminated()
 
 
-__all__ = ["RunSummary", "default_state_dir", "prepare_state_dir", "run_embedded"]
+__all__ = [
+    "EarlyWorkers",
+    "RunSummary",
+    "WorkerSettings",
+    "default_state_dir",
+    "embedded_parallelism",
+    "prepare_state_dir",
+    "run_embedded",
+]

@@ -141,6 +141,14 @@ def add_parsers(sub: Any) -> None:
     )
     w.add_argument("--idle-seconds", type=float, default=60.0, metavar="S")
     w.add_argument("--gzip-level", type=int, default=6, choices=range(1, 13), metavar="1-12")
+    w.add_argument(
+        "--threads",
+        type=_positive,
+        default=None,
+        metavar="N",
+        help="converter threads for the shard in hand (default: $DVID2NG_THREADS, else the "
+        "container's CPU quota, else the CPUs this process may run on)",
+    )
     w.add_argument("--heartbeat-seconds", type=float, default=None, metavar="S")
     w.add_argument("--lease-seconds", type=float, default=None, metavar="S")
     w.add_argument(
@@ -426,7 +434,11 @@ def _publish_downres_scale(args, plan, s: int, queue, state) -> int:
 def cmd_worker(args) -> int:
     import dataclasses
 
+    from dvid2ng.worker.warm import warm_in_background
+
+    warm_in_background()  # Numba's set-up overlaps the imports and the first pull and claim
     from dvid2ng.dispatcher.logs import configure_logging
+    from dvid2ng.worker.cpus import default_threads
     from dvid2ng.worker.loop import CLOUD_TIMING, Worker, default_worker_id, tiers_from
     from dvid2ng.worker.memory import memory_budget_bytes
 
@@ -442,6 +454,7 @@ def cmd_worker(args) -> int:
     try:
         timing = dataclasses.replace(timing, **{k: v for k, v in changes.items() if v})
         budget = memory_budget_bytes()
+        threads = args.threads or default_threads()
     except ValueError as e:
         raise UsageError(str(e)) from None
     queue, state = _queue(args), _state(args)
@@ -462,6 +475,7 @@ def cmd_worker(args) -> int:
         state,
         worker_id=args.worker_id or default_worker_id(),
         gzip_level=args.gzip_level,
+        threads=threads,
         timing=timing,
         memory_budget=budget,
         should_stop=lambda: bool(stopping["signal"]),
@@ -469,7 +483,13 @@ def cmd_worker(args) -> int:
     import structlog
 
     log = structlog.get_logger("dvid2ng.worker")
-    log.info("worker_started", worker=worker.worker_id, tiers=tiers, memory_budget=budget)
+    log.info(
+        "worker_started",
+        worker=worker.worker_id,
+        tiers=tiers,
+        memory_budget=budget,
+        threads=threads,
+    )
     handled = worker.run(tiers, exit_when_idle=args.exit_when_idle, idle_seconds=args.idle_seconds)
     log.info(
         "worker_stopped",

@@ -33,10 +33,22 @@ from dvid2ng.schemas.task import ShardTask, SourceObject
 from dvid2ng.schemas.tiers import pick_tier
 from dvid2ng.worker.sources import task_fingerprint
 
-# Stored bytes per chunk seen in production (formats.md §11.2), used for the memory estimate:
-# the worker holds every encoded chunk of its shard until the one commit, then the shard file.
-BYTES_PER_CHUNK = {0: 13932, 1: 27919, 2: 44482, 3: 78376, 4: 130244, 5: 199396, 6: 258999}
-WORKER_BASE_BYTES = 400 * 2**20  # interpreter, numba, tensorstore, one record batch
+# The worker's memory, measured (bench/bench_memory.py, docs/performance.md "Memory model"):
+# the process with its libraries, plus the gzipped chunks of its shard, which the one
+# TensorStore transaction holds until the commit and then writes out as the shard file.
+# Fit over shards of 258 (real mCNS), 1K, 8K and 32K chunks, 1 and 2 threads, with the fleet's
+# clients loaded: peak = 254 MiB + 1.18 x gzipped shard. Rounded up so that the estimate errs
+# high (+1-3 % on s0-like shards, +10 % on a dense one): a low estimate is an OOM kill and a
+# retry one tier up, a high one only a little unused memory.
+WORKER_BASE_BYTES = 260 * 2**20  # interpreter, NumPy, Numba + kernels, TensorStore, pyarrow,
+# the fleet's Pub/Sub, Firestore and Storage clients, the reader's blocks and threads
+MEMORY_PER_GZIP_BYTE = 1.2  # peak bytes per gzipped byte of the shard
+# The gzipped shard from the source: a DVID export record is its zstd block and label lists
+# (about as many bytes as the gzipped compressed_segmentation chunk they become: 0.95 on the
+# real mCNS shard, 1.01 on the generated s0-like ones, 0.82 on a dense one) plus ~600 bytes of
+# Arrow framing.
+GZIP_PER_PAYLOAD_BYTE = 1.0
+IPC_BYTES_PER_RECORD = 600
 
 
 class PlanError(ValueError):
@@ -145,11 +157,17 @@ def count_csv_rows(csvs: Sequence[str], threads: int = 16) -> dict[str, int]:
         return dict(zip(csvs, pool.map(count_csv_chunks, csvs), strict=True))
 
 
+def estimate_gzip_bytes(chunks: int, arrow_bytes: int) -> int:
+    """The gzipped size of the shard converted from an export file of `arrow_bytes` holding
+    `chunks` records (0: unknown, no CSV; then the framing is counted as payload)."""
+    payload = max(0, arrow_bytes - IPC_BYTES_PER_RECORD * max(0, chunks))
+    return int(GZIP_PER_PAYLOAD_BYTE * payload)
+
+
 def estimate_memory_bytes(scale: int, chunks: int, arrow_bytes: int) -> int:
-    per_chunk = BYTES_PER_CHUNK.get(scale, 260_000)
-    if chunks == 0:  # no CSV: assume the file is mostly chunk payload of the usual size
-        chunks = max(1, arrow_bytes // max(1, per_chunk // 3))
-    return WORKER_BASE_BYTES + int(2.5 * chunks * per_chunk)
+    """Peak memory of a worker converting the shard (`scale` is kept for the callers: the
+    measured model does not depend on it beyond what the file size says)."""
+    return WORKER_BASE_BYTES + int(MEMORY_PER_GZIP_BYTE * estimate_gzip_bytes(chunks, arrow_bytes))
 
 
 def plan_transcode(

@@ -41,10 +41,11 @@ pyramid examples:
 
 
 def add_arguments(run: argparse.ArgumentParser) -> None:
-    from dvid2ng.dispatcher.pyramid import parse_downres
     from dvid2ng.schemas.task import DOWNSAMPLE_METHODS
 
     def downres(text: str) -> list[int]:
+        from dvid2ng.dispatcher.pyramid import parse_downres  # numpy, TensorStore: not for --help
+
         try:
             return parse_downres(text)
         except ValueError as e:

@@ -45,13 +45,19 @@ from dvid2ng.schemas.dvid import (
 
 Chunk = tuple[int, int, int]
 
+SCAN_BLOCK = 512 << 10  # bytes of the file the bulk scan reads at a time (at least one message)
+SCAN_ROWS = 1024  # records per bulk scan call at most
+_SCAN_COLUMNS = 13  # kernels.ipc_scan.OUT_COLUMNS (not imported here: it brings numba)
+_KEY_BITS = 21  # chunk keys pack x, y, z into one int when each is below 2**21
+
 _SCALE_DIR_RE = re.compile(r"s(\d+)")
 _STEM_RE = re.compile(r"(\d+)_(\d+)_(\d+)")
 
 
-@dataclass
+@dataclass(slots=True)
 class ChunkRecord:
-    """One exported DVID block. Arrays are read-only views into the record batch."""
+    """One exported DVID block. Arrays are read-only views into the record batch (or into the
+    block of the file the bulk scan read)."""
 
     x: int
     y: int
@@ -241,6 +247,8 @@ class ExportFileReader:
         self._col = col
         self._layout = self._ipc_layout()
         self.fast_path = self._layout is not None  # own decoding of record batches
+        self.bulk_scan = self.fast_path  # ... many messages per call (kernels.ipc_scan)
+        self.bulk_scanned = 0  # records of the last pass that came from the bulk scan
         # (name, first node, first buffer) of the required fields, in REQUIRED_FIELDS order
         self._fields = [(n, *self._layout[col[n]]) for n in REQUIRED_FIELDS] if self._layout else []
 
@@ -395,14 +403,15 @@ class ExportFileReader:
         return self._iter_records()
 
     def _iter_records(self) -> Iterator[ChunkRecord]:
-        index = self._index
-        csv_seen = np.zeros(len(index), dtype=bool) if index is not None else None
-        seen: set[Chunk] = set()
-        row = 0
-        batch_no = 0
+        walk = _Walk(self._index)
+        self.bulk_scanned = 0
         with self.arrow_source.open(sequential=True) as f:
-            ms = self._messages(f, self._schema_end)
+            pos = self._schema_end
             while True:
+                if self.fast_path and self.bulk_scan and walk.bulk:
+                    # as many messages as the bulk scan understands, then one the slow way
+                    pos = yield from self._scan_bulk(f, pos, walk)
+                ms = self._messages(f, pos)
                 try:
                     hdr = ms.next_header()
                     if hdr is None:
@@ -415,22 +424,20 @@ class ExportFileReader:
                 except ipc.IpcError as e:
                     raise self._err(str(e)) from None
                 if parsed is not None:
-                    records = self._fast_records(buf, info, parsed, row)
+                    records = self._fast_records(buf, info, parsed, walk.row)
                 else:
-                    records = list(self._records(self._decode_batch(buf, info), row, info))
+                    records = list(self._records(self._decode_batch(buf, info), walk.row, info))
                 del buf
                 for i, rec in enumerate(records):
-                    chunk = rec.chunk
-                    if chunk in seen:
-                        raise self._err("chunk appears twice in the Arrow file", chunk)
-                    seen.add(chunk)
-                    if index is not None:
-                        self._check_against_index(index, csv_seen, rec, info, batch_no, i)
+                    self._check_record(walk, rec, info, walk.batch_no, i)
                     yield rec
-                row += len(records)
-                batch_no += 1
+                walk.row += len(records)
+                walk.batch_no += 1
+                walk.bailed += 1
                 del records
+                pos = ms.pos
             self._check_tail(f, ms)
+        index, csv_seen = self._index, walk.csv_seen
         if index is not None and csv_seen is not None and not csv_seen.all():
             missing = np.flatnonzero(~csv_seen)
             first = missing[0]
@@ -441,6 +448,108 @@ class ExportFileReader:
                 "incomplete)",
                 chunk,
             )
+
+    def _check_record(
+        self, walk: _Walk, rec: ChunkRecord, info: ipc.MessageInfo, batch_no: int, row: int
+    ) -> None:
+        """The per-record checks: not seen before, and where the CSV index says it is."""
+        key = _chunk_key(rec.x, rec.y, rec.z)
+        if key in walk.seen:
+            raise self._err("chunk appears twice in the Arrow file", rec.chunk)
+        walk.seen.add(key)
+        if walk.index is not None:
+            self._check_against_index(walk.index, walk.csv_seen, rec, info, batch_no, row)
+
+    # --- bulk scan -----------------------------------------------------------------------------
+
+    def _scan_bulk(self, f, pos: int, walk: _Walk) -> Iterator[ChunkRecord]:
+        """Records of the messages from `pos` on that kernels.ipc_scan understands, read a block
+        of the file at a time; returns the offset of the first message it leaves to the
+        per-message path (the end-of-stream marker, anything unusual or wrong)."""
+        from dvid2ng.kernels import ipc_scan  # numba: only where records are read
+
+        assert self._layout is not None
+        fields = walk.scan_fields(self._layout, self._col)
+        n_nodes, n_buffers = self._layout[-1]
+        while True:
+            if not walk.block_holds(pos) and not self._read_block(f, pos, 8, walk):
+                return pos
+            walk.kstate[0] = walk.batch_no
+            status, rel, n, need = ipc_scan.scan_record_batches(
+                walk.block, pos - walk.boff, walk.blen, fields, n_nodes, n_buffers,
+                walk.out, walk.kstate,
+            )  # fmt: skip
+            if n:
+                yield from self._bulk_records(walk, n)
+                walk.bailed = 0
+            walk.batch_no = int(walk.kstate[0])
+            pos = walk.boff + rel
+            if status == ipc_scan.SCAN_BAIL:
+                if walk.bailed >= 8:  # nothing but unusual messages: stop trying
+                    walk.bulk = False
+                return pos
+            if status == ipc_scan.SCAN_NEED_MORE and (
+                pos + need > self._stream_end or not self._read_block(f, pos, need, walk)
+            ):
+                return pos  # truncated: the per-message path says so precisely
+            # SCAN_FULL: scan on in the same block
+
+    def _read_block(self, f, pos: int, need: int, walk: _Walk) -> bool:
+        """Make walk.block hold the file from `pos` (SCAN_BLOCK bytes or `need` if more, never
+        past the record batches), reusing the bytes of the current block that lie past `pos`.
+        False when fewer than `need` bytes are there (the per-message path reports why)."""
+        size = min(max(SCAN_BLOCK, need), self._stream_end - pos)
+        if size < need:
+            return False
+        block = np.empty(-(-size // 8) * 8, np.uint8)  # whole uint64s: label views need them
+        have = 0
+        if walk.block is not None and walk.boff <= pos < walk.boff + walk.blen:
+            tail = walk.block[pos - walk.boff : walk.blen]
+            have = min(len(tail), size)
+            block[:have] = tail[:have]
+        f.seek(pos + have)
+        view = memoryview(block)
+        while have < size:
+            got = f.readinto(view[have:size])
+            if not got:
+                break
+            have += got
+        view.release()
+        block.flags.writeable = False
+        walk.set_block(block, pos, have)
+        return have >= need
+
+    def _bulk_records(self, walk: _Walk, n: int) -> Iterator[ChunkRecord]:
+        """ChunkRecords of the first `n` rows of walk.out, after the duplicate and CSV checks
+        (vectorised; the first record failing one is checked again the exact way, which raises
+        with the precise cause, after the records before it)."""
+        from dvid2ng.kernels import ipc_scan as C
+
+        t = walk.out[:n]
+        rows = t.tolist()
+        first_row = walk.row
+        good = walk.first_unchecked(t, first_row)
+        block, u64, mv, boff = walk.block, walk.u64, walk.mv, walk.boff
+        for i in range(n):
+            r = rows[i]
+            lab, sv, nl, bo = r[C.C_LAB] >> 3, r[C.C_SV] >> 3, r[C.C_NLAB], r[C.C_BLOCK]
+            rec = ChunkRecord(
+                r[C.C_X],
+                r[C.C_Y],
+                r[C.C_Z],
+                u64[lab : lab + nl],
+                u64[sv : sv + nl],
+                mv[bo : bo + r[C.C_BLEN]],
+                r[C.C_USIZE],
+                first_row + i,
+            )
+            if i >= good:
+                info = ipc.MessageInfo(boff + r[C.C_MSG], r[C.C_MSIZE] - 8, 0, ipc.RECORD_BATCH)
+                self._check_record(walk, rec, info, r[C.C_BATCH], r[C.C_ROW])
+            yield rec
+        walk.row += n
+        self.bulk_scanned += n
+        del block
 
     def records_in_batch(self, batch: pa.RecordBatch, first_record: int = 0) -> list[ChunkRecord]:
         """The ChunkRecords of a batch from `read_batch_at` (record = first_record + row)."""
@@ -701,6 +810,114 @@ class ExportFileReader:
                 f"but the chunk is row {row_in_batch} of its record batch",
                 rec.chunk,
             )
+
+
+def _chunk_key(x: int, y: int, z: int) -> int | tuple[int, int, int]:
+    """One hashable key per chunk: an int when the coordinates are small enough (cheaper)."""
+    if x < 1 << _KEY_BITS and y < 1 << _KEY_BITS and z < 1 << _KEY_BITS:
+        return (x << 2 * _KEY_BITS) | (y << _KEY_BITS) | z
+    return (x, y, z)
+
+
+class _Walk:
+    """The state of one pass over a file: records and batches so far, the chunks seen, which
+    CSV rows were matched, and the bulk scan's current block."""
+
+    def __init__(self, index: ChunkIndex | None) -> None:
+        self.index = index
+        self.csv_seen = np.zeros(len(index), dtype=bool) if index is not None else None
+        self.seen: set = set()
+        self.row = 0
+        self.batch_no = 0
+        self.bulk = True
+        self.bailed = 0  # messages in a row the bulk scan left to the per-message path
+        self.block: np.ndarray | None = None
+        self.boff = 0  # file offset of block[0]
+        self.blen = 0  # valid bytes in block
+        self.out = np.zeros((SCAN_ROWS, _SCAN_COLUMNS), np.int64)
+        self.kstate = np.zeros(1, np.int64)
+        self._fields: np.ndarray | None = None
+        self._csv_sorted: tuple[np.ndarray, np.ndarray] | bool | None = False
+
+    def scan_fields(self, layout: dict[int, tuple[int, int]], col: dict[str, int]) -> np.ndarray:
+        if self._fields is None:
+            self._fields = np.array([layout[col[n]] for n in REQUIRED_FIELDS], np.int64)
+        return self._fields
+
+    def block_holds(self, pos: int) -> bool:
+        return self.block is not None and self.boff <= pos and pos + 8 <= self.boff + self.blen
+
+    def set_block(self, block: np.ndarray, boff: int, blen: int) -> None:
+        self.block, self.boff, self.blen = block, boff, blen
+        self.u64 = block.view("<u8")
+        self.mv = memoryview(block)
+
+    def _csv_keys(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """(sorted keys, their CSV rows) of the index, None when keys do not fit an int64."""
+        if self._csv_sorted is False:
+            ix = self.index
+            assert ix is not None
+            limit = 1 << _KEY_BITS
+            if len(ix) and max(int(ix.x.max()), int(ix.y.max()), int(ix.z.max())) >= limit:
+                self._csv_sorted = None
+            else:
+                keys = (ix.x << 2 * _KEY_BITS) | (ix.y << _KEY_BITS) | ix.z
+                order = np.argsort(keys, kind="stable")
+                self._csv_sorted = (keys[order], order)
+        return self._csv_sorted  # type: ignore[return-value]
+
+    def first_unchecked(self, t: np.ndarray, first_row: int) -> int:
+        """Check the scanned rows `t` against the chunks seen and the CSV index at once; mark
+        them seen/matched and return how many passed (the rest get the exact checks)."""
+        from dvid2ng.kernels import ipc_scan as C
+
+        n = len(t)
+        x, y, z = t[:, C.C_X], t[:, C.C_Y], t[:, C.C_Z]
+        if max(int(x.max()), int(y.max()), int(z.max())) >= 1 << _KEY_BITS:
+            return 0
+        keys = (x << 2 * _KEY_BITS) | (y << _KEY_BITS) | z
+        klist = keys.tolist()
+        good = n
+        if len(set(klist)) != n or not self.seen.isdisjoint(klist):
+            local: set = set()
+            for i, k in enumerate(klist):
+                if k in self.seen or k in local:
+                    good = i
+                    break
+                local.add(k)
+        ix = self.index
+        rows_in_csv = None
+        if ix is not None and good:
+            sorted_keys = self._csv_keys()
+            if sorted_keys is None:
+                return 0
+            skeys, order = sorted_keys
+            if not len(skeys):
+                return 0
+            k = keys[:good]
+            p = np.minimum(np.searchsorted(skeys, k), len(skeys) - 1)
+            ok = skeys[p] == k
+            r = order[p]
+            batch = t[:good, C.C_BATCH]
+            if ix.rec is not None:
+                rec = ix.rec[r]
+                ok &= (rec == batch) | (rec == np.arange(first_row, first_row + good))
+            if ix.offset is not None and ix.size is not None:
+                off = t[:good, C.C_MSG] + self.boff
+                size = t[:good, C.C_MSIZE]
+                io, isz = ix.offset[r], ix.size[r]
+                ok &= ((io == off) & (isz == size)) | (
+                    (batch == 0) & (io == 0) & (isz == off + size)
+                )
+            if ix.batch_idx is not None:
+                ok &= ix.batch_idx[r] == t[:good, C.C_ROW]
+            if not ok.all():
+                good = int(np.argmin(ok))
+            rows_in_csv = r[:good]
+        self.seen.update(klist[:good])
+        if rows_in_csv is not None and self.csv_seen is not None:
+            self.csv_seen[rows_in_csv] = True
+        return good
 
 
 # --- zstd --------------------------------------------------------------------------------------

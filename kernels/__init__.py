@@ -39,6 +39,7 @@ __all__ = [
     "encode_cseg",
     "shard_and_minishard",
     "warm_up",
+    "warm_up_transcode",
 ]
 
 
@@ -75,3 +76,22 @@ def warm_up() -> None:
     decode_cseg(enc, vol.shape)
     codes = compressed_morton_codes(np.array([[1, 2, 3]], np.int64), (2, 2, 2))
     shard_and_minishard(codes, 1, 2, 3)
+    _warm_up_scan()
+
+
+def warm_up_transcode() -> None:
+    """Load only what converting an exported shard calls (the DVID->cseg transcoder and the
+    reader's bulk Arrow scan): the worker's start-up pays for these two, not for warm_up()."""
+    dvid_block_to_cseg(_tiny_block(), np.array([1, 1, 0], np.uint64), (9, 16, 3))
+    _warm_up_scan()
+
+
+def _warm_up_scan() -> None:
+    from .ipc_scan import OUT_COLUMNS, scan_record_batches
+
+    block = np.zeros(16, np.uint8)
+    block.flags.writeable = False  # the reader's blocks are read-only: the same specialisation
+    fields = np.zeros((7, 2), np.int64)
+    scan_record_batches(
+        block, 0, 16, fields, 10, 20, np.zeros((1, OUT_COLUMNS), np.int64), np.zeros(1, np.int64)
+    )

@@ -50,7 +50,6 @@ from dvid2ng.backends.base import (
 from dvid2ng.schemas.spec import VolumeSpec
 from dvid2ng.schemas.task import ShardTask, TaskError, UnsupportedTask
 from dvid2ng.schemas.tiers import next_tier
-from dvid2ng.worker.downsample import downsample_task
 from dvid2ng.worker.errors import Fenced, InputError, Interrupted, is_disk_full
 from dvid2ng.worker.memory import peak_rss_bytes, reset_peak_rss
 from dvid2ng.worker.output import ScaleStore, io_context, read_info
@@ -118,6 +117,19 @@ class WorkerTiming:
 CLOUD_TIMING = WorkerTiming()
 
 
+def _process_age() -> float | None:
+    """Seconds since this process started (Linux), for the start-up figure in the logs."""
+    try:
+        with open("/proc/self/stat") as f:
+            fields = f.read().rpartition(")")[2].split()
+        ticks = int(fields[19])  # field 22, starttime, in clock ticks after boot
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        return round(uptime - ticks / os.sysconf("SC_CLK_TCK"), 2)
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def default_worker_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
@@ -169,6 +181,7 @@ class Worker:
     state: StateStore
     worker_id: str = field(default_factory=default_worker_id)
     gzip_level: int = DEFAULT_GZIP_LEVEL
+    threads: int = 1  # converter threads per shard (worker.cpus.default_threads in the CLI)
     timing: WorkerTiming = CLOUD_TIMING
     memory_budget: int | None = None  # bytes this worker may use (None: unknown, no check)
     should_stop: Callable[[], bool] = lambda: False
@@ -340,6 +353,15 @@ class Worker:
         beat = _Heartbeat(self.queue, self.state, delivery, task, token, self.timing, bound)
 
         def progress(chunks_done: int) -> None:
+            if not beat.chunks_done and chunks_done:  # start-up and source latency, once
+                bound.info(
+                    "first_chunks",
+                    chunks=chunks_done,
+                    worker_age_s=_process_age(),
+                    # CPU seconds of this process so far: the start-up's work, whatever the
+                    # machine's load did to its wall time
+                    worker_cpu_s=round(sum(os.times()[:2]), 2),
+                )
             beat.chunks_done = chunks_done
 
         def stop() -> bool:
@@ -358,10 +380,14 @@ class Worker:
         return self._finished(delivery, task, token, outcome, bound)
 
     def _run_task(self, task, progress, stop, fence) -> ShardOutcome:
-        converters = {"transcode": transcode_shard, "downsample": downsample_task}
-        convert = converters.get(task.kind)
-        if convert is None:
+        if task.kind == "transcode":
+            convert = transcode_shard
+        elif task.kind == "downsample":  # imported when needed: a transcode worker starts faster
+            from dvid2ng.worker.downsample import downsample_task as convert
+        else:
             raise InputError(f"task kind {task.kind!r} has no converter in this worker")
+        # the transcoder spreads one shard over `threads` threads; downsampling has one
+        extra = {"threads": self.threads} if task.kind == "transcode" else {}
         return convert(
             task,
             self._store(task),
@@ -369,6 +395,7 @@ class Worker:
             on_progress=progress,
             should_stop=stop,
             fence=fence,
+            **extra,
         )
 
     def _finished(

@@ -3,19 +3,28 @@
 Data moves forward only: Arrow records (streamed) -> zstd -> DVID block -> compressed_segmentation
 (direct transcode, label table remapped) -> gzip -> one TensorStore transaction -> one commit.
 Nothing is written unless every record of the file converted: a corrupt block fails the shard.
+
+One shard uses every CPU of the worker: the reader (this thread) hands records in small groups
+to a pool of `threads` converter threads, which decompress, transcode and gzip them (zstd,
+the Numba kernels and libdeflate all release the GIL), and this thread writes the results into
+the shard's one transaction **in file order**, with a bounded number of groups in flight, so
+memory stays bounded and errors are reported for the first bad record in the file.
 """
 
 from __future__ import annotations
 
+import functools
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import deflate
 import numpy as np
 
-from dvid2ng.dvidexport.reader import ExportFileReader, decompress_block
+from dvid2ng.dvidexport.reader import ChunkRecord, ExportFileReader, decompress_block
 from dvid2ng.dvidexport.storage import source_file
 from dvid2ng.kernels import KernelError, dvid_block_to_cseg
 from dvid2ng.kernels.zstride import dvid_block_to_cseg_zstride
@@ -34,6 +43,13 @@ from dvid2ng.worker.sources import check_source_unchanged
 
 DEFAULT_GZIP_LEVEL = 6
 PROGRESS_EVERY = 256  # records between progress callbacks
+GROUP_RECORDS = 16  # records per pool task: amortises the executor's per-task cost (~10 us)
+GROUPS_PER_THREAD = 4  # groups in flight per converter thread (the memory bound)
+
+# A transcoder turns one DVID block (uint8 array) into chunk bytes: (block, label table or None
+# for supervoxels, extent (x, y, z) or None for the whole block) -> (cseg bytes, any voxel
+# non-zero). The z-compress variant plugs in here.
+Encoder = Callable[[np.ndarray, np.ndarray | None, tuple[int, int, int] | None], tuple]
 
 
 @dataclass
@@ -46,12 +62,96 @@ class ShardOutcome:
     bytes_written: int = 0  # shard file size
     encoded_bytes: int = 0  # sum of gzipped chunk sizes
     seconds: float = 0.0
+    threads: int = 1
 
 
 def gzip_bytes(data: np.ndarray | bytes, level: int) -> bytes:
-    """A gzip member, as `data_encoding: gzip` asks. libdeflate: at level 6 about 2.5x faster
-    than zlib's level 6 with a slightly better ratio on cseg chunks (bench/bench_gzip.py)."""
+    """A gzip member, as `data_encoding: gzip` asks. libdeflate (the `deflate` binding, which
+    releases the GIL from 0.9 on): see docs/performance.md for levels and libraries."""
     return bytes(deflate.gzip_compress(data, level))
+
+
+@dataclass(frozen=True)
+class ShardContext:
+    """What converting a record of one shard needs, fixed for the whole shard."""
+
+    scale: Scale
+    shard: int
+    shard_name: str
+    file: str  # the source file, as errors name it
+    lo: tuple[int, int, int]  # the shard's chunk bounds [lo, hi)
+    hi: tuple[int, int, int]
+    dvid_lo: tuple[int, ...]  # the chunk region DVID may put into this file
+    dvid_hi: tuple[int, ...]
+    morton: tuple[list[int], list[int], list[int]]
+    supervoxels: bool
+    gzip_level: int
+    interior: bool  # every chunk of the shard is whole (none clipped by the volume edge)
+    encode: Encoder = dvid_block_to_cseg
+
+    @classmethod
+    def for_task(
+        cls, task: ShardTask, store: ScaleStore, gzip_level: int, encode: Encoder | None = None
+    ) -> ShardContext:
+        scale = store.scale
+        lo, hi = shard_bounds(scale, task.shard)
+        dvid_lo, dvid_hi = _dvid_file_region(scale, task.sources[0].arrow)
+        interior = all(h * c <= s for h, c, s in zip(hi, scale.chunk_size, scale.size, strict=True))
+        return cls(
+            scale=scale,
+            shard=task.shard,
+            shard_name=task.shard_name,
+            file=task.sources[0].arrow,
+            lo=lo,
+            hi=hi,
+            dvid_lo=dvid_lo,
+            dvid_hi=dvid_hi,
+            morton=store.morton_tables,
+            supervoxels=task.label_mode == "supervoxels",
+            gzip_level=gzip_level,
+            interior=interior,
+            encode=encode or dvid_block_to_cseg,
+        )
+
+
+def convert_record(rec: ChunkRecord, ctx: ShardContext) -> tuple[int | None, bytes | None]:
+    """(chunk id, gzipped chunk) of one record: chunk id None for a block DVID exported past the
+    volume edge (clipped away entirely), bytes None for an all-background chunk (not stored).
+    Raises InputError (or ExportFormatError) naming the file and chunk for bad input.
+
+    Runs on the converter threads: zstd, the kernel and gzip release the GIL."""
+    x, y, z = rec.x, rec.y, rec.z
+    lo, hi = ctx.lo, ctx.hi
+    inside = lo[0] <= x < hi[0] and lo[1] <= y < hi[1] and lo[2] <= z < hi[2]
+    extent = None if ctx.interior and inside else ctx.scale.chunk_extent((x, y, z))
+    if not inside:
+        dlo, dhi = ctx.dvid_lo, ctx.dvid_hi
+        if 0 in extent and all(dlo[d] <= c < dhi[d] for d, c in enumerate((x, y, z))):
+            return None, None  # DVID exports blocks past the volume edge; clip them
+        raise InputError(
+            f"record belongs outside output shard {ctx.shard_name} "
+            f"(chunks {list(lo)}..{list(hi)} exclusive) that this file stands for",
+            file=ctx.file,
+            chunk=(x, y, z),
+        )
+    tx, ty, tz = ctx.morton
+    code = tx[x] | ty[y] | tz[z]
+    if shard_of_code(ctx.scale, code) != ctx.shard:  # bbox and code agree unless geometry is wrong
+        raise InputError(
+            f"chunk id {code} is not in shard {ctx.shard_name}", file=ctx.file, chunk=(x, y, z)
+        )
+    block = decompress_block(rec, ctx.file)
+    try:
+        cseg, nonzero = ctx.encode(block, None if ctx.supervoxels else rec.labels, extent)
+    except KernelError as e:
+        raise InputError(f"corrupt DVID block: {e}", file=ctx.file, chunk=(x, y, z)) from None
+    if not nonzero:
+        return code, None
+    return code, gzip_bytes(cseg, ctx.gzip_level)
+
+
+def _convert_group(recs: list[ChunkRecord], ctx: ShardContext) -> list:
+    return [convert_record(r, ctx) for r in recs]
 
 
 def transcode_shard(
@@ -59,22 +159,28 @@ def transcode_shard(
     store: ScaleStore,
     *,
     gzip_level: int = DEFAULT_GZIP_LEVEL,
+    threads: int = 1,
     on_progress: Callable[[int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     fence: Callable[[], bool] | None = None,
+    encode: Encoder | None = None,
 ) -> ShardOutcome:
-    """Convert the shard; commit only if every record converted (else nothing is written).
+    """Convert the shard on `threads` threads; commit only if every record converted (else
+    nothing is written).
 
     The one commit replaces whatever file was there (see ShardWriter); `fence` is asked right
     before it, so a worker whose claim was taken over never writes."""
     if task.kind != "transcode":
         raise InputError(f"task kind {task.kind!r} is not handled by transcode_shard")
-    z_stride(task, store.scale)  # fail before reading anything if the geometry is wrong
+    stride = z_stride(task, store.scale)  # fail before reading anything if the geometry is wrong
+    if encode is None and stride > 1:  # keep every stride-th Z slice: one block is one chunk
+        encode = functools.partial(_encode_zstride, stride=stride)
     started = time.monotonic()
     check_source_unchanged(task.sources[0])
+    ctx = ShardContext.for_task(task, store, gzip_level, encode)
     writer = store.begin_shard(task.shard)
     try:
-        out = _convert_records(task, store, writer, gzip_level, on_progress, should_stop)
+        out = _convert_records(task, ctx, writer, max(1, threads), on_progress, should_stop)
         if should_stop is not None and should_stop():
             raise Interrupted()
         writer.commit(fence)  # with no chunks this removes a stale file, if any
@@ -92,69 +198,31 @@ def transcode_shard(
 
 def _convert_records(
     task: ShardTask,
-    store: ScaleStore,
+    ctx: ShardContext,
     writer: ShardWriter,
-    gzip_level: int,
+    threads: int,
     on_progress: Callable[[int], None] | None,
     should_stop: Callable[[], bool] | None,
 ) -> ShardOutcome:
-    scale = store.scale
     src = task.sources[0]
-    lo, hi = shard_bounds(scale, task.shard)
-    dvid_lo, dvid_hi = _dvid_file_region(scale, src.arrow)
-    tx, ty, tz = store.morton_tables
-    supervoxels = task.label_mode == "supervoxels"
-    stride = z_stride(task, scale)
-    out = ShardOutcome(status="empty")
+    out = ShardOutcome(status="empty", threads=threads)
+    next_progress = 1  # the first group is reported at once: its arrival shows the start-up
     try:
         arrow = source_file(src.arrow, src.generation, src.size)  # gs://: pinned generation
         csv = source_file(src.csv) if src.csv else None
         with ExportFileReader(arrow, csv, name=src.arrow) as reader:
-            for rec in reader:
-                if should_stop is not None and should_stop():
-                    raise Interrupted()
-                out.chunks_read += 1
-                chunk = (rec.x, rec.y, rec.z)
-                extent = scale.chunk_extent(chunk)
-                if not all(lo[d] <= chunk[d] < hi[d] for d in range(3)):
-                    if 0 in extent and all(dvid_lo[d] <= chunk[d] < dvid_hi[d] for d in range(3)):
-                        out.chunks_outside += 1  # DVID exports blocks past the volume edge; clip
-                        continue
-                    raise InputError(
-                        f"record belongs outside output shard {task.shard_name} "
-                        f"(chunks {list(lo)}..{list(hi)} exclusive) that this file stands for",
-                        file=src.arrow,
-                        chunk=chunk,
-                    )
-                code = tx[rec.x] | ty[rec.y] | tz[rec.z]
-                if (
-                    shard_of_code(scale, code) != task.shard
-                ):  # bbox and code agree unless the geometry code is wrong
-                    raise InputError(
-                        f"chunk id {code} is not in shard {task.shard_name}",
-                        file=src.arrow,
-                        chunk=chunk,
-                    )
-                block = decompress_block(rec, src.arrow)
-                table = None if supervoxels else rec.labels
-                try:
-                    if stride == 1:
-                        cseg, nonzero = dvid_block_to_cseg(block, table, extent)
-                    else:  # keep every stride-th Z slice: one block is one output chunk
-                        cseg, nonzero = dvid_block_to_cseg_zstride(block, table, stride, extent)
-                except KernelError as e:
-                    raise InputError(
-                        f"corrupt DVID block: {e}", file=src.arrow, chunk=chunk
-                    ) from None
-                if nonzero:
-                    data = gzip_bytes(cseg, gzip_level)
-                    writer.write(code, data)
-                    out.chunks_written += 1
-                    out.encoded_bytes += len(data)
-                else:
-                    out.chunks_zero += 1
-                if on_progress is not None and out.chunks_read % PROGRESS_EVERY == 0:
+            for results in _converted_groups(reader, ctx, threads, should_stop):
+                stored = [(code, data) for code, data in results if data is not None]
+                writer.write_many(stored)
+                out.chunks_read += len(results)
+                out.chunks_written += len(stored)
+                out.encoded_bytes += sum(len(data) for _, data in stored)
+                outside = sum(code is None for code, _ in results)
+                out.chunks_outside += outside
+                out.chunks_zero += len(results) - len(stored) - outside
+                if on_progress is not None and out.chunks_read >= next_progress:
                     on_progress(out.chunks_read)
+                    next_progress = out.chunks_read + PROGRESS_EVERY
     except ExportFormatError as e:
         raise InputError(e.cause, file=e.file or src.arrow, chunk=e.chunk) from None
     except (FileNotFoundError, PermissionError, IsADirectoryError) as e:
@@ -178,6 +246,84 @@ def z_stride(task: ShardTask, scale: Scale) -> int:
             f"the destination info says {list(scale.chunk_size)}"
         )
     return task.z_compress + 1
+
+
+def _encode_zstride(
+    block: np.ndarray,
+    table: np.ndarray | None,
+    extent: tuple[int, int, int] | None,
+    *,
+    stride: int,
+) -> tuple[np.ndarray, bool]:
+    """The Encoder of a Z-compressed task (its kernel is nogil too, so threads still help)."""
+    return dvid_block_to_cseg_zstride(block, table, stride, extent)
+
+
+class _ReaderFailed(Exception):
+    """The reader raised after handing out the records before the bad one."""
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+def _groups(records: Iterable[ChunkRecord], size: int) -> Iterator[list[ChunkRecord]]:
+    """Records in groups of `size`. When the reader fails, the records read before the failure
+    come first (as a last, short group), then _ReaderFailed: a bad record earlier in the file
+    must be reported before a problem the reader finds later."""
+    group: list[ChunkRecord] = []
+    try:
+        for rec in records:
+            group.append(rec)
+            if len(group) == size:
+                yield group
+                group = []
+    except Exception as e:
+        if group:
+            yield group
+        raise _ReaderFailed(e) from e
+    if group:
+        yield group
+
+
+def _converted_groups(
+    records: Iterable[ChunkRecord],
+    ctx: ShardContext,
+    threads: int,
+    should_stop: Callable[[], bool] | None,
+) -> Iterator[list[tuple[int | None, bytes | None]]]:
+    """The converted records in file order, group by group. With one thread everything runs
+    here; with more, at most threads x GROUPS_PER_THREAD groups are queued or converting. The
+    first failure in file order is raised, after the pool has stopped."""
+    if threads <= 1:
+        try:
+            for group in _groups(records, GROUP_RECORDS):
+                if should_stop is not None and should_stop():
+                    raise Interrupted()
+                yield _convert_group(group, ctx)
+        except _ReaderFailed as e:
+            raise e.error from None
+        return
+    window: deque[Future] = deque()
+    limit = threads * GROUPS_PER_THREAD
+    pool = ThreadPoolExecutor(threads, thread_name_prefix="convert")
+    try:
+        try:
+            for group in _groups(records, GROUP_RECORDS):
+                if should_stop is not None and should_stop():
+                    raise Interrupted()
+                window.append(pool.submit(_convert_group, group, ctx))
+                if len(window) >= limit:
+                    yield window.popleft().result()
+        except _ReaderFailed as e:
+            while window:  # an error in an earlier record wins
+                window.popleft().result()
+            raise e.error from None
+        while window:
+            yield window.popleft().result()
+    finally:
+        for f in window:
+            f.cancel()
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _dvid_file_region(scale: Scale, arrow_path: str) -> tuple[tuple[int, ...], tuple[int, ...]]:

@@ -270,14 +270,8 @@ def require_worker_command(google: bool = False) -> None:
     [
         ("DVID2NG_TIER", "t3gi"),
         ("DVID2NG_MEMORY_BUDGET_BYTES", "lots"),
-        pytest.param(
-            "DVID2NG_THREADS",
-            "0",
-            marks=pytest.mark.xfail(
-                reason="`dvid2ng worker` does not read DVID2NG_THREADS yet (the contract: threads "
-                "default to $DVID2NG_THREADS, else the cgroup CPU quota)"
-            ),
-        ),
+        ("DVID2NG_THREADS", "0"),
+        ("DVID2NG_THREADS", "abc"),
         ("DVID2NG_QUEUE", "sqs://nowhere"),
     ],
 )

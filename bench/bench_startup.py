@@ -1,0 +1,159 @@
+"""Start-up of a worker: from process start to its first converted chunks, warm and cold Numba.
+
+    .venv/bin/python bench/bench_startup.py                 # warm x5, cold x1, imports
+    .venv/bin/python bench/bench_startup.py --warm 9 --cold 0
+
+Each round publishes one 2,048-chunk s0-like shard (bench_s0.py's synthetic export) into a fresh
+SQLite queue and state (`dvid2ng publish ... --queue sqlite:///Q --state sqlite:///Q`), then runs
+the fleet's worker command on it exactly as a container would:
+
+    dvid2ng worker --queue sqlite:///Q --state sqlite:///Q --tier all --exit-when-idle
+                   --idle-seconds 0 --threads 1
+
+and reads its JSON log. "first chunks" is the worker's own `first_chunks` event: its
+`worker_age_s` is measured by the worker from its process start time in /proc (10 ms ticks),
+so it includes the interpreter, every import, opening the queue, state and destination, the
+claim, the reader and the first 16 converted chunks; `worker_cpu_s` is the CPU time the process
+had used by then (user + system, every thread), which a loaded machine does not inflate. The bench's own clock (spawn to the event's
+time stamp) is shown beside it. "warm" reuses a Numba cache filled by an earlier run; "cold"
+points NUMBA_CACHE_DIR at an empty folder (what a worker without the image's cache pays).
+The import table is `python -X importtime` of the same command (top modules by cumulative time).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+OUT = REPO / "bench" / "out"
+DVID2NG = [sys.executable, "-m", "dvid2ng.dispatcher.cli"]
+
+
+def publish(src: Path, root: Path) -> tuple[str, Path]:
+    q = root / "q"
+    q.mkdir(parents=True)
+    dest = root / "dest"
+    url = f"sqlite://{q}"
+    subprocess.run(
+        [*DVID2NG, "publish", str(src), str(dest), "--spec", str(src / "spec.json"),
+         "--queue", url, "--state", url],
+        check=True, capture_output=True, text=True,
+    )  # fmt: skip
+    return url, dest
+
+
+def run_worker(url: str, cache: Path, importtime: bool = False) -> dict:
+    env = {
+        **os.environ,
+        "NUMBA_CACHE_DIR": str(cache),
+        "DVID2NG_LOG_FORMAT": "json",
+        "PYTHONDONTWRITEBYTECODE": "",
+    }
+    cmd = [*DVID2NG, "worker", "--queue", url, "--state", url, "--tier", "all",
+           "--exit-when-idle", "--idle-seconds", "0", "--threads", "1"]  # fmt: skip
+    if importtime:
+        cmd.insert(1, "-X")
+        cmd.insert(2, "importtime")
+    started = time.time()
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    ended = time.time()
+    events = {}
+    imports = []
+    for line in out.stderr.splitlines():
+        if line.startswith("import time:"):
+            imports.append(line)
+            continue
+        try:
+            e = json.loads(line)
+        except ValueError:
+            continue
+        events.setdefault(e.get("event"), e)
+    first = events.get("first_chunks")
+    if out.returncode != 0 or first is None:
+        raise RuntimeError(f"worker failed (exit {out.returncode}):\n{out.stderr[-3000:]}")
+    stamp = datetime.fromisoformat(first["timestamp"].replace("Z", "+00:00")).timestamp()
+    return {
+        "first_chunks_age_s": first["worker_age_s"],
+        "first_chunks_cpu_s": first.get("worker_cpu_s", float("nan")),
+        "first_chunks_bench_s": stamp - started,
+        "exit_s": ended - started,
+        "imports": imports,
+    }
+
+
+def top_imports(lines: list[str], n: int = 12) -> list[tuple[int, str]]:
+    rows = []
+    for line in lines:
+        _, _self, cum_us, name = (p.strip() for p in line.replace("import time:", "|").split("|"))
+        if cum_us.isdigit():
+            rows.append((int(cum_us), name))
+    return sorted(rows, reverse=True)[:n]
+
+
+def summarize(name: str, runs: list[dict]) -> None:
+    ages = [r["first_chunks_age_s"] for r in runs]
+    bench = [r["first_chunks_bench_s"] for r in runs]
+    exits = [r["exit_s"] for r in runs]
+    cpu = [r["first_chunks_cpu_s"] for r in runs]
+    print(
+        f"| {name} | {len(runs)} | {min(ages):.2f} | {statistics.median(ages):.2f} | "
+        f"{max(ages):.2f} | {min(cpu):.2f} | {min(bench):.2f} | {min(exits):.2f} |"
+    )
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--warm", type=int, default=5, help="rounds with a warm Numba cache")
+    p.add_argument("--cold", type=int, default=1, help="rounds with an empty Numba cache")
+    a = p.parse_args()
+    from bench.bench_s0 import make_synthetic_shard
+
+    src = make_synthetic_shard(2048, 30)
+    OUT.mkdir(parents=True, exist_ok=True)
+    cache = OUT / "numba-cache-startup"
+    load = os.getloadavg()[0]
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+
+        def fresh(i: int) -> str:
+            url, _ = publish(src, tmp / f"r{i}")
+            return url
+
+        cold = []
+        for i in range(a.cold):
+            empty = tmp / f"cold-cache-{i}"
+            empty.mkdir()
+            cold.append(run_worker(fresh(1000 + i), empty))
+        run_worker(fresh(0), cache)  # fills the warm cache (if it was empty)
+        warm = [run_worker(fresh(1 + i), cache) for i in range(a.warm)]
+        traced = run_worker(fresh(999), cache, importtime=True)
+    print(
+        "\n| Numba cache | runs | first chunks: best (s) | median | worst | CPU s by then, best "
+        "| bench clock, best | process exit, best |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    summarize("warm", warm)
+    if cold:
+        summarize("cold (empty NUMBA_CACHE_DIR)", cold)
+    print(f"\n(load average {load:.2f} before, {os.getloadavg()[0]:.2f} after)")
+    print("\nimports of the worker command (cumulative, `-X importtime`, one run):")
+    for us, name in top_imports(traced["imports"]):
+        print(f"  {us / 1e3:7.0f} ms  {name}")
+    shutil.rmtree(OUT / "startup-tmp", ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,102 @@
+"""`dvid2ng --help` stays instant and a worker loads only what it uses.
+
+Each check runs the real command in a fresh interpreter and reads `sys.modules` at exit, so a
+module-level import of a heavy library anywhere on these paths fails the test (no clock).
+TensorStore, Numba and pyarrow cost about a second to import between them; the Google clients
+another ~0.5 s and ~40 MiB, which a worker on the SQLite backends never needs.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+# http.server (with email, html, ...: ~150 ms) is for `dvid2ng view` only
+HEAVY = (
+    "tensorstore", "numba", "pyarrow", "numpy", "zstandard", "google.cloud", "grpc", "http.server",
+)  # fmt: skip
+
+# Runs the CLI's main() as `dvid2ng ARGS...` would, then prints the loaded top-level packages
+# (and google.cloud.*): exit codes are ignored, --help exits 0 via SystemExit.
+PROBE = """
+import json, sys
+from dvid2ng.dispatcher.cli import main
+try:
+    main(sys.argv[1:])
+except SystemExit:
+    pass
+print(json.dumps(sorted(sys.modules)))
+"""
+
+
+def loaded_modules(*args: str, env: dict | None = None) -> set[str]:
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE, *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return set(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+def heavy_in(modules: set[str]) -> list[str]:
+    return sorted(m for m in modules if any(m == h or m.startswith(h + ".") for h in HEAVY))
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--help"],
+        ["run", "--help"],
+        ["worker", "--help"],
+        ["publish", "--help"],
+        ["status", "--help"],
+        ["verify", "--help"],
+    ],
+    ids=lambda a: " ".join(a),
+)
+def test_help_imports_no_heavy_library(args):
+    assert heavy_in(loaded_modules(*args)) == []
+
+
+def test_the_probe_sees_a_heavy_import():
+    """The control: the same probe reports numpy once something on the path imports it."""
+    mods = loaded_modules("--version")
+    assert heavy_in(mods) == []
+    done = subprocess.run(
+        [sys.executable, "-c", "import numpy\n" + PROBE, "--version"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert "numpy" in heavy_in(set(json.loads(done.stdout.strip().splitlines()[-1])))
+
+
+def test_worker_on_sqlite_loads_no_google_client(tmp_path: Path):
+    """A worker on the SQLite backends converts a shard without importing the Pub/Sub,
+    Firestore or Storage clients (they are for pubsub://, firestore:// and gs:// URLs only)."""
+    from tests.exports import make_export
+
+    export = make_export(tmp_path)
+    q = f"sqlite://{tmp_path / 'q'}"
+    (tmp_path / "q").mkdir()
+    dest = tmp_path / "vol"
+    published = subprocess.run(
+        [sys.executable, "-m", "dvid2ng.dispatcher.cli", "publish", str(export.source), str(dest),
+         "--spec", str(export.spec_path), "--queue", q, "--state", q],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert published.returncode == 0, published.stderr[-2000:]
+    mods = loaded_modules(
+        "worker", "--queue", q, "--state", q, "--tier", "all", "--exit-when-idle",
+        "--idle-seconds", "0", "--threads", "1",
+    )  # fmt: skip
+    assert any(dest.rglob("*.shard")), "the worker converted nothing"
+    assert "tensorstore" in mods and "numba" in mods  # it did convert
+    assert [m for m in mods if m.startswith(("google.cloud", "grpc"))] == []
