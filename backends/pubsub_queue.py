@@ -671,7 +671,9 @@ class PubSubQueue:
     def _subscription_spec(self, tier_or_terminal: str) -> dict[str, Any]:
         s = self.settings
         terminal = tier_or_terminal == TERMINAL
-        retention = s.terminal_message_retention_seconds if terminal else s.message_retention_seconds
+        retention = (
+            s.terminal_message_retention_seconds if terminal else s.message_retention_seconds
+        )
         if os.environ.get("PUBSUB_EMULATOR_HOST"):  # the emulator refuses what production takes
             retention = min(retention, EMULATOR_MAX_RETENTION_S)
         spec: dict[str, Any] = {
