@@ -1,7 +1,10 @@
 """The fleet commands end to end, as an operator runs them: `publish`, `dvid2ng worker`
 processes, `status --state`, `errors`, `dlq list|show|replay`. Parametrized over the queue and
-state backends (`fleet_backend` in conftest: SQLite URLs, and Pub/Sub + Firestore on their
-emulators when available), with gs:// sources and destinations on the GCS emulator."""
+state backends (the `urls` fixture: `sqlite` URLs, and `google`: Pub/Sub + Firestore on their
+real emulators, a fresh project per test, the topology made by `dvid2ng queues create` with
+production's subscription settings), with gs:// sources and destinations on the GCS emulator.
+Worker timing comes from the CLI flags (1 s heartbeats, 10-20 s leases: Pub/Sub's shortest ack
+deadline is 10 s), so the Google variants wait for real leases and retry backoffs."""
 
 from __future__ import annotations
 
