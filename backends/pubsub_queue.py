@@ -89,6 +89,10 @@ MAX_ATTRIBUTE_VALUE_BYTES = 1024
 MIN_DELIVERY_ATTEMPTS, MAX_DELIVERY_ATTEMPTS = 5, 100
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9\-_.~+%]{2,254}")  # topic / subscription ids
 
+# The Pub/Sub emulator (0.8.20) refuses a subscription retention above 7 days ("out of
+# bounds"); production allows 31, which the terminal subscription uses (as Terraform does).
+EMULATOR_MAX_RETENTION_S = 7 * 86400
+
 DEFAULT_PULL_TIMEOUT_S = 2.0  # how long one pull waits for a message before returning none
 DEFAULT_DEAD_LETTER_LEASE_S = 120.0  # how long dead_letters() keeps what it listed leased
 DEAD_LETTER_EMPTY_PULLS = 2  # dead_letters() stops after this many empty pulls in a row
@@ -164,6 +168,7 @@ class SubscriptionSettings:
     message_retention_seconds: int
     retry_min_backoff_seconds: float
     retry_max_backoff_seconds: float
+    terminal_message_retention_seconds: int = 31 * 86400
 
     @classmethod
     def from_fleet(cls, **overrides: float | None) -> SubscriptionSettings:
@@ -173,6 +178,7 @@ class SubscriptionSettings:
             "message_retention_seconds": ps["message_retention_seconds"],
             "retry_min_backoff_seconds": ps["retry_min_backoff_seconds"],
             "retry_max_backoff_seconds": ps["retry_max_backoff_seconds"],
+            "terminal_message_retention_seconds": ps["terminal_message_retention_seconds"],
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         s = cls(
@@ -180,6 +186,7 @@ class SubscriptionSettings:
             message_retention_seconds=int(values["message_retention_seconds"]),
             retry_min_backoff_seconds=float(values["retry_min_backoff_seconds"]),
             retry_max_backoff_seconds=float(values["retry_max_backoff_seconds"]),
+            terminal_message_retention_seconds=int(values["terminal_message_retention_seconds"]),
         )
         s.validate()
         return s
@@ -188,10 +195,9 @@ class SubscriptionSettings:
         # Pub/Sub's ranges, so that create() fails here rather than halfway through
         if not 10 <= self.ack_deadline_seconds <= 600:
             raise ValueError(f"ack deadline must be 10..600 s, got {self.ack_deadline_seconds}")
-        if not 600 <= self.message_retention_seconds <= 31 * 86400:
-            raise ValueError(
-                f"message retention must be 10 min..31 days, got {self.message_retention_seconds} s"
-            )
+        for retention in (self.message_retention_seconds, self.terminal_message_retention_seconds):
+            if not 600 <= retention <= 31 * 86400:
+                raise ValueError(f"message retention must be 10 min..31 days, got {retention} s")
         lo, hi = self.retry_min_backoff_seconds, self.retry_max_backoff_seconds
         if not 0 <= lo <= hi <= 600:
             raise ValueError(f"retry backoff needs 0 <= min <= max <= 600 s, got {lo}, {hi}")
@@ -664,14 +670,25 @@ class PubSubQueue:
 
     def _subscription_spec(self, tier_or_terminal: str) -> dict[str, Any]:
         s = self.settings
+        terminal = tier_or_terminal == TERMINAL
+        retention = (
+            s.terminal_message_retention_seconds if terminal else s.message_retention_seconds
+        )
+        if os.environ.get("PUBSUB_EMULATOR_HOST"):  # the emulator refuses what production takes
+            retention = min(retention, EMULATOR_MAX_RETENTION_S)
         spec: dict[str, Any] = {
             "name": self._subscription_path(tier_or_terminal),
             "topic": self._topic_path(tier_or_terminal),
             "ack_deadline_seconds": s.ack_deadline_seconds,
-            "message_retention_duration": timedelta(seconds=s.message_retention_seconds),
+            # dead letters wait for an operator: kept as long as Pub/Sub allows (as Terraform)
+            "message_retention_duration": timedelta(seconds=retention),
             "expiration_policy": {},  # never expire (the default deletes idle ones after 31 days)
         }
-        if s.retry_max_backoff_seconds > 0:  # 0..0: no retry policy (redeliver at once)
+        # The terminal subscription has no retry policy (as in Terraform): `dlq list` gives
+        # what it leased back with an ack deadline of 0, and a retry policy would hide each
+        # letter for its backoff (10 s, doubling with every listing, up to 600 s), so that
+        # `dlq list` followed by `dlq replay` found nothing to replay.
+        if s.retry_max_backoff_seconds > 0 and not terminal:  # 0..0: no retry policy
             spec["retry_policy"] = {
                 "minimum_backoff": timedelta(seconds=s.retry_min_backoff_seconds),
                 "maximum_backoff": timedelta(seconds=s.retry_max_backoff_seconds),

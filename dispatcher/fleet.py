@@ -582,9 +582,19 @@ def refreshed_sources(task):
 
 
 def cmd_dlq(args) -> int:
+    queue, state = _queue(args), _state(args)
+    try:
+        return _dlq(args, queue, state)
+    finally:
+        # Pub/Sub: `dead_letters()` leases what it lists to this queue object; give them back
+        # now, not at process exit, or a second `dlq` call in the same process (a script, a
+        # notebook, the tests) finds the dead-letter queue empty for the next 120 s.
+        queue.close()
+
+
+def _dlq(args, queue, state) -> int:
     from dvid2ng.dispatcher.status import describe_error
 
-    queue, state = _queue(args), _state(args)
     letters = queue.dead_letters(args.max)
     info = [(letter, _letter_json(letter, state)) for letter in letters]
     wanted = set(args.keys)

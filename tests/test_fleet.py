@@ -1,7 +1,10 @@
 """The fleet commands end to end, as an operator runs them: `publish`, `dvid2ng worker`
 processes, `status --state`, `errors`, `dlq list|show|replay`. Parametrized over the queue and
-state backends (`fleet_backend` in conftest: SQLite URLs, and Pub/Sub + Firestore on their
-emulators when available), with gs:// sources and destinations on the GCS emulator."""
+state backends (the `urls` fixture: `sqlite` URLs, and `google`: Pub/Sub + Firestore on their
+real emulators, a fresh project per test, the topology made by `dvid2ng queues create` with
+production's subscription settings), with gs:// sources and destinations on the GCS emulator.
+Worker timing comes from the CLI flags (1 s heartbeats, 10-20 s leases: Pub/Sub's shortest ack
+deadline is 10 s), so the Google variants wait for real leases and retry backoffs."""
 
 from __future__ import annotations
 
@@ -39,13 +42,23 @@ def export(clean_export, tmp_path):
     return clean_export
 
 
-@pytest.fixture()
-def urls(tmp_path, monkeypatch):
-    """Queue and state URLs of a fresh fleet, also in the environment (as in a deployment)."""
-    folder = tmp_path / "fleet-state"
-    q, s = f"sqlite://{folder}", f"sqlite://{folder}"
+@pytest.fixture(params=["sqlite", "google"])
+def urls(request, tmp_path, monkeypatch):
+    """Queue and state URLs of a fresh fleet, also in the environment (as in a deployment):
+    SQLite files, or Pub/Sub + Firestore on their emulators (one emulator process each for
+    the session, a fresh project per test; skipped, naming the binary, where not installed).
+    The Pub/Sub topology is made by `dvid2ng queues create`, as an operator makes it."""
+    if request.param == "sqlite":
+        folder = tmp_path / "fleet-state"
+        q, s = f"sqlite://{folder}", f"sqlite://{folder}"
+    else:
+        q = f"pubsub://{request.getfixturevalue('pubsub_project')}/dvid2ng"
+        s = f"firestore://{request.getfixturevalue('firestore_project')}"
     monkeypatch.setenv("DVID2NG_QUEUE", q)
     monkeypatch.setenv("DVID2NG_STATE", s)
+    if request.param == "google":
+        assert main(["queues", "create"]) == 0
+        assert main(["queues", "check"]) == 0
     return q, s
 
 
@@ -370,9 +383,11 @@ def test_a_shard_that_kills_its_worker_every_time_climbs_every_tier_to_the_dlq(
     state = open_state(os.environ["DVID2NG_STATE"])
     doomed = sorted(r.key for r in state.list(run_id))[3]
     timing = ["--heartbeat-seconds", "1", "--stale-after", "6", "--lease-seconds", "10"]
-    kills = 0
+    killed_on: set[str] = set()
     deadline = time.monotonic() + 400
     w = None
+    failed = False
+    letters: list = []
     while time.monotonic() < deadline:
         if w is None or w.poll() is not None:
             w = subprocess.Popen(
@@ -381,24 +396,40 @@ def test_a_shard_that_kills_its_worker_every_time_climbs_every_tier_to_the_dlq(
                 stderr=subprocess.DEVNULL,
             )  # fmt: skip
         rec = state.get(run_id, doomed)
-        if rec.status is ShardStatus.RUNNING and rec.worker.endswith(f"-{w.pid}"):
+        # Once failed the shard has left the last tier: stop killing. A kill that landed while
+        # that attempt was between its `fail` and its `forward` (a window of a few backend
+        # calls, wide on the Google backends) leaves the message to come back after its lease
+        # and be forwarded by the next delivery, so the letter may show up a lease later.
+        failed = failed or rec.status is ShardStatus.FAILED
+        # Kill the attempt that converts on each tier, not the one after it on the same tier
+        # (it finds the dead claim and hands the shard up): on the Google backends that
+        # hand-over is a few RPCs long, and killing it too costs another lease plus the retry
+        # policy's growing backoff per tier, minutes in all.
+        if (
+            not failed
+            and rec.status is ShardStatus.RUNNING
+            and rec.worker.endswith(f"-{w.pid}")
+            and rec.tier not in killed_on
+        ):
             w.kill()
             w.wait()
-            kills += 1
-        summary = counts_by_status(state.summary(run_id))
-        if rec.status is ShardStatus.FAILED and summary[ShardStatus.DONE] == 7:
-            break
+            killed_on.add(rec.tier)
+        if failed and counts_by_status(state.summary(run_id))[ShardStatus.DONE] == 7:
+            assert main(["dlq", "list", "--json"]) == 0
+            letters = json.loads(capsys.readouterr().out)
+            if letters:
+                break
+            time.sleep(1)
         time.sleep(0.02)
     w.terminate()
     w.wait(30)
     final = state.get(run_id, doomed)
     assert final.status is ShardStatus.FAILED and final.error["kind"] == "died", final
-    # one death per tier converting it; the killer may also catch an attempt in the moment it
-    # hands the shard up (a claim, then a release), which costs one more delivery
-    assert len(tier_names()) <= kills <= 2 * len(tier_names())
-    assert final.attempts <= kills + len(tier_names()), "bounded deliveries"
-    assert main(["dlq", "list", "--json"]) == 0
-    (letter,) = json.loads(capsys.readouterr().out)
+    assert killed_on == set(tier_names()), "one death on every tier"
+    # per tier one attempt that died and one that handed the shard up; at-least-once delivery
+    # may add a duplicate here and there
+    assert final.attempts <= 3 * len(tier_names()), "bounded deliveries"
+    (letter,) = letters
     assert letter["key"] == doomed and letter["from_tier"] == tier_names()[-1]
     others = [r for r in state.list(run_id) if r.key != doomed]
     assert all(r.status is ShardStatus.DONE for r in others)

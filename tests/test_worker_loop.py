@@ -77,6 +77,16 @@ def test_worker_drains_the_queue(setup, export):
     assert np.array_equal(read_scale_tensorstore(plan.dest, 0), export.bodies[0])
 
 
+def test_a_worker_that_handled_nothing_yet_does_not_call_an_unfinished_run_idle(setup):
+    """--exit-when-idle: a worker started while the run's last message waits out the lease of
+    a killed worker pulls nothing; that must not read as "the run is finished"."""
+    plan, queue, state, _ = setup
+    state.put_run(plan.run_id, plan.run_config())  # as `dvid2ng publish` records it
+    assert not Worker(queue, state, worker_id="w-new", timing=FAST)._runs_finished()
+    drain(queue, state)
+    assert Worker(queue, state, worker_id="w-later", timing=FAST)._runs_finished()
+
+
 def test_poison_message_goes_straight_to_the_terminal_queue(setup):
     _, queue, state, _ = setup
     queue.publish(tier_names()[0], b'{"not": "a task"}')

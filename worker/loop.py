@@ -241,9 +241,13 @@ class Worker:
         return None
 
     def _runs_finished(self) -> bool:
-        """No shard of the runs this worker has served is queued or running (or it served
-        none): what Pub/Sub cannot tell us (its backlog metric lags), the state can."""
-        for run_id in self.runs_seen:
+        """No shard of the runs this worker has served is queued or running: what Pub/Sub
+        cannot tell us (its backlog metric lags), the state can. A worker that has served no
+        run yet looks at the newest run of the state instead: started to finish a run whose
+        last message is still leased by a worker that was killed (it comes back only when
+        that lease runs out), it would otherwise call the run finished and exit first."""
+        runs = set(self.runs_seen) or {run_id for run_id, _ in self.state.runs()[:1]}
+        for run_id in runs:
             for row in self.state.summary(run_id):
                 if row.status in (ShardStatus.QUEUED, ShardStatus.RUNNING) and row.shards:
                     return False

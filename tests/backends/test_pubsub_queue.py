@@ -25,6 +25,7 @@ from dvid2ng.backends.base import (
 from dvid2ng.backends.pubsub_queue import (
     DEAD_LETTER_SOURCE_DELIVERY_COUNT,
     DEAD_LETTER_SOURCE_SUBSCRIPTION,
+    EMULATOR_MAX_RETENTION_S,
     PublishError,
     PubSubQueue,
     QueueNotCreated,
@@ -103,6 +104,13 @@ def test_create_makes_the_fleet_json_topology_and_is_idempotent(pubsub_project: 
     terminal = sub.get_subscription(request={"subscription": q._subscription_path(TERMINAL)})
     assert terminal.topic == q._topic_path(TERMINAL)
     assert not terminal.dead_letter_policy.dead_letter_topic
+    # as Terraform makes it: dead letters kept as long as Pub/Sub allows, and no retry policy
+    # (one would hide every letter `dlq list` gives back for its backoff)
+    # (on the emulator capped to the 7 days it accepts; production takes Terraform's 31)
+    assert terminal.message_retention_duration == timedelta(
+        seconds=min(ps["terminal_message_retention_seconds"], EMULATOR_MAX_RETENTION_S)
+    )
+    assert "retry_policy" not in terminal
     sub.close()
     q.close()
 
@@ -335,4 +343,20 @@ def test_a_process_that_lists_dead_letters_and_exits_gives_them_back(pubsub_proj
     assert out.stdout.strip() == b"1", out.stderr
     [letter] = q.dead_letters()  # at once, not after the child's 600 s lease
     assert letter.body == b"poison"
+    q.close()
+
+
+def test_a_dead_letter_given_back_is_listed_again_at_once_with_the_fleet_settings(
+    pubsub_project: str,
+):
+    """fleet.json's retry policy (10..600 s) is for the tier subscriptions. On the terminal
+    one it held back every letter a listing gave back for its backoff, doubling with each
+    listing, so `dvid2ng dlq list` followed by `dlq show` or `dlq replay` found nothing."""
+    q = make_queue(pubsub_project, retry_min_backoff_seconds=None, retry_max_backoff_seconds=None)
+    q.publish("t2gi", b"corrupt task", {"key": "s0/c"})
+    q.forward(pull_one(q, "t2gi"), TERMINAL, "palette index out of range")
+    for _ in range(3):  # list, show, replay: three commands, three queue objects
+        lister = PubSubQueue(q.project, q.prefix, TWO)
+        assert [x.body for x in lister.dead_letters()] == [b"corrupt task"]
+        lister.close()  # gives it back (ack deadline 0)
     q.close()
