@@ -36,7 +36,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-from dvid2ng.schemas.tiers import DEAD_LETTER_QUEUE
+from dvid2ng.schemas.tiers import DEAD_LETTER_QUEUE, tier_by_name
 
 MAX_LEASE_SECONDS = 600.0  # Pub/Sub: modifyAckDeadline takes at most 600 s
 MAX_NACK_DELAY_SECONDS = 600.0  # a delayed nack is an ack-deadline change: the same cap
@@ -52,6 +52,32 @@ def check_lease_seconds(seconds: float, what: str = "lease") -> float:
     if not 0 < seconds <= MAX_LEASE_SECONDS:
         raise ValueError(f"{what} must be in (0, {MAX_LEASE_SECONDS:g}] seconds, got {seconds}")
     return float(seconds)
+
+
+def delivery_attempts_by_tier(
+    tiers: Sequence[str], value: Mapping[str, int] | int | None
+) -> dict[str, object]:
+    """The `max_delivery_attempts` argument of a queue, one value per tier, unchecked: one
+    value for every tier, or a mapping tier -> value with the others from `schemas.tiers`.
+    Each backend then checks the values against its own limits."""
+    if isinstance(value, Mapping):
+        unknown = set(value) - set(tiers)
+        if unknown:
+            raise ValueError(f"max_delivery_attempts for unknown tiers: {sorted(unknown)}")
+    out: dict[str, object] = {}
+    for t in tiers:
+        if isinstance(value, Mapping) and t in value:
+            out[t] = value[t]
+        elif value is not None and not isinstance(value, Mapping):
+            out[t] = value
+        else:
+            try:
+                out[t] = tier_by_name(t).max_delivery_attempts
+            except KeyError:
+                raise ValueError(
+                    f"tier {t!r} is not in schemas.tiers: give its max_delivery_attempts"
+                ) from None
+    return out
 
 
 def check_nack_delay(seconds: float) -> float:

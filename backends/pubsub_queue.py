@@ -65,6 +65,7 @@ from dvid2ng.backends.base import (
     Delivery,
     check_lease_seconds,
     check_nack_delay,
+    delivery_attempts_by_tier,
 )
 from dvid2ng.schemas.fleet import (
     fleet_config,
@@ -73,7 +74,7 @@ from dvid2ng.schemas.fleet import (
     terminal_topic_name,
     topic_name,
 )
-from dvid2ng.schemas.tiers import tier_by_name, tier_names
+from dvid2ng.schemas.tiers import tier_names
 
 # Attributes Pub/Sub adds to a message its dead-letter policy forwarded.
 DEAD_LETTER_ATTRIBUTE_PREFIX = "CloudPubSubDeadLetter"
@@ -290,23 +291,8 @@ class PubSubQueue:
         return f"PubSubQueue({self.url!r}, tiers={self.tiers!r})"
 
     def _resolve_attempts(self, value: Mapping[str, int] | int | None) -> dict[str, int]:
-        if isinstance(value, Mapping):
-            unknown = set(value) - set(self.tiers)
-            if unknown:
-                raise ValueError(f"max_delivery_attempts for unknown tiers: {sorted(unknown)}")
         out = {}
-        for t in self.tiers:
-            if isinstance(value, Mapping) and t in value:
-                n = value[t]
-            elif value is not None and not isinstance(value, Mapping):
-                n = value
-            else:
-                try:
-                    n = tier_by_name(t).max_delivery_attempts
-                except KeyError:
-                    raise ValueError(
-                        f"tier {t!r} is not in schemas.tiers: give its max_delivery_attempts"
-                    ) from None
+        for t, n in delivery_attempts_by_tier(self.tiers, value).items():
             if isinstance(n, bool) or not isinstance(n, int):
                 raise TypeError(f"max_delivery_attempts for {t!r} must be an int, got {n!r}")
             if not MIN_DELIVERY_ATTEMPTS <= n <= MAX_DELIVERY_ATTEMPTS:

@@ -38,8 +38,9 @@ from dvid2ng.backends.base import (
     Delivery,
     check_lease_seconds,
     check_nack_delay,
+    delivery_attempts_by_tier,
 )
-from dvid2ng.schemas.tiers import tier_by_name, tier_names
+from dvid2ng.schemas.tiers import tier_names
 
 ESCALATED_FROM = FORWARDED_FROM  # the backstop marks the tier it moved a message from, too
 
@@ -278,22 +279,7 @@ class SqliteQueue:
 
     def _resolve_attempts(self, value: Mapping[str, int] | int | None) -> dict[str, int]:
         out: dict[str, int] = {}
-        if isinstance(value, Mapping):
-            unknown = set(value) - set(self.tiers)
-            if unknown:
-                raise ValueError(f"max_delivery_attempts for unknown tiers: {sorted(unknown)}")
-        for t in self.tiers:
-            if isinstance(value, Mapping) and t in value:
-                n = value[t]
-            elif value is not None and not isinstance(value, Mapping):
-                n = value
-            else:
-                try:
-                    n = tier_by_name(t).max_delivery_attempts
-                except KeyError:
-                    raise ValueError(
-                        f"tier {t!r} is not in schemas.tiers: give its max_delivery_attempts"
-                    ) from None
+        for t, n in delivery_attempts_by_tier(self.tiers, value).items():
             if isinstance(n, bool) or not isinstance(n, int) or n < 1:
                 raise ValueError(
                     f"max_delivery_attempts for tier {t!r} must be an int >= 1, got {n!r}"
