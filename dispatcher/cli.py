@@ -219,16 +219,29 @@ class RawHelp(argparse.RawDescriptionHelpFormatter):
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        return _main(argv)
+        code = _main(argv)
     except BrokenPipeError:  # `dvid2ng status --json | head`: the reader left; not an error
         import os
 
         with contextlib.suppress(OSError):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
+    if argv is None and sys.argv[1:2] in (["worker"], ["run"]):
+        # the program itself (not a caller of main()), done with its queue and state: skip
+        # the interpreter's teardown of Numba and TensorStore (0.2-0.4 s, worker/exit.py)
+        from dvid2ng.worker.exit import exit_now
+
+        exit_now(code)
+    return code
 
 
 def _main(argv: list[str] | None) -> int:
+    given = sys.argv[1:] if argv is None else argv
+    if given[:1] == ["worker"] and not {"-h", "--help"} & set(given):
+        # the worker's Numba kernels start loading before anything else (kernels/cache_load.py)
+        from dvid2ng.worker.warm import warm_in_background
+
+        warm_in_background()
     args = build_parser().parse_args(argv)
     from dvid2ng.dispatcher.logs import configure_logging
 

@@ -49,7 +49,9 @@ def _early_worker_main(orders, stop, parent: int) -> None:
     die_with_parent(parent)
     from dvid2ng.dispatcher import embedded  # the worker's imports, paid now
     from dvid2ng.kernels import warm_up_transcode
+    from dvid2ng.kernels.cache_load import load_cached_lightly
 
+    load_cached_lightly()  # cache hits without Numba's registry refresh
     warm_up_transcode()
     try:
         got = orders.recv()

@@ -498,6 +498,7 @@ def cmd_worker(args) -> int:
         signal=signal.Signals(stopping["signal"]).name if stopping["signal"] else None,
     )
     getattr(queue, "close", lambda: None)()
+    getattr(state, "close", lambda: None)()
     return EXIT_OK
 
 

@@ -6,6 +6,9 @@ queue and state, pulls a message, claims the shard, reads the destination's `inf
 the source: mostly waiting on the network in the fleet. Doing both at once takes that wait off
 the time to the first chunk; a kernel called before the thread is done simply waits for
 Numba's compile lock. Failures are left to the first real call, which reports them.
+
+Cache hits skip Numba's registry refresh (kernels/cache_load.py): ~0.3 s less CPU before the
+first chunk.
 """
 
 from __future__ import annotations
@@ -16,12 +19,23 @@ import threading
 
 def _load() -> None:
     with contextlib.suppress(Exception):
+        from dvid2ng.kernels.cache_load import load_cached_lightly
+
+        load_cached_lightly()
         from dvid2ng.kernels import warm_up_transcode
 
         warm_up_transcode()
 
 
+_started: threading.Thread | None = None
+_lock = threading.Lock()
+
+
 def warm_in_background() -> threading.Thread:
-    thread = threading.Thread(target=_load, name="warm-kernels", daemon=True)
-    thread.start()
-    return thread
+    """Start loading (once per process; later calls return the same thread)."""
+    global _started
+    with _lock:
+        if _started is None:
+            _started = threading.Thread(target=_load, name="warm-kernels", daemon=True)
+            _started.start()
+        return _started
