@@ -19,10 +19,13 @@ extensions on the way (`CPUContext.load_additional_registries` calls `entrypoint
 so a kernel compiled afterwards in the same process sees every registry and extension. (Only
 the typing of a compile's arguments now runs before the extensions load: this project passes
 its kernels numpy arrays, ints and tuples, which no extension defines.) The patch is meant for
-processes that run this project's kernels only: a worker. Numba's internals move between versions: the patch applies only to the versions
-pyproject.toml allows and whose methods it finds, and otherwise leaves Numba as it is (the
-worker is then as fast as before, not wrong); DVID2NG_LIGHT_CACHE_LOAD=0 turns it off. `tests/kernels/test_cache_load.py` checks the
-results against the normal load, in fresh processes.
+processes that run this project's kernels only: the workers.
+
+Numba's internals move between versions: the patch applies only to the versions pyproject.toml
+allows and whose methods it finds, and otherwise leaves Numba as it is (the worker is then as
+fast as before, not wrong); DVID2NG_LIGHT_CACHE_LOAD=0 turns it off.
+`tests/kernels/test_cache_load.py` checks the results against the normal load, in fresh
+processes.
 """
 
 from __future__ import annotations
