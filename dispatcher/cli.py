@@ -411,7 +411,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     from dvid2ng.dispatcher.fleet import UsageError, _env, _state, pick_run
     from dvid2ng.dispatcher.plan import PlanError
     from dvid2ng.dispatcher.status import show
-    from dvid2ng.worker.loop import CLOUD_TIMING
+    from dvid2ng.worker.policy import CLOUD_TIMING
 
     try:
         local = None

@@ -51,8 +51,8 @@ from dvid2ng.dispatcher.early_workers import (
 from dvid2ng.dispatcher.plan import Plan, PlanError, source_name
 from dvid2ng.dispatcher.resume import plan_publish, release_orphans
 from dvid2ng.schemas.tiers import tier_names
-from dvid2ng.worker.loop import KIND_DIED, WorkerTiming
 from dvid2ng.worker.output import OutputError, is_local, write_info
+from dvid2ng.worker.policy import KIND_DIED, WorkerTiming
 
 # One machine: heartbeats are cheap, and a dead worker is reported by the supervisor anyway.
 EMBEDDED_TIMING = WorkerTiming(

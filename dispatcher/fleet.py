@@ -350,7 +350,7 @@ def _start_run(plan, state) -> None:
 
 def _publish_plan(args, plan, queue, state, what: str) -> None:
     from dvid2ng.dispatcher.resume import plan_publish
-    from dvid2ng.worker.loop import CLOUD_TIMING
+    from dvid2ng.worker.policy import CLOUD_TIMING
 
     todo = plan_publish(
         plan,

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import sys
 import time
-
-from tqdm import tqdm
+from typing import TYPE_CHECKING
 
 from dvid2ng.backends.base import ShardStatus, SummaryRow
+
+if TYPE_CHECKING:  # tqdm costs ~0.1 s to import: only a terminal's bar pays it
+    from tqdm import tqdm
 
 LINE_EVERY_S = 10.0
 
@@ -47,6 +49,8 @@ class RunProgress:
         if self.chunks_at_start is None:
             self.chunks_at_start = chunks
             if self.tty:  # earlier runs' work shows as done (initial), not as speed
+                from tqdm import tqdm
+
                 self.bar = tqdm(
                     total=self.total_chunks or None,
                     initial=chunks,

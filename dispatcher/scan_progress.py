@@ -6,8 +6,6 @@ from __future__ import annotations
 import sys
 import time
 
-from tqdm import tqdm
-
 LINE_EVERY_S = 10.0
 
 
@@ -25,6 +23,8 @@ class ScanProgress:
         self.started = self.last = time.monotonic()
         self.bar = None
         if enabled and self.stream.isatty():
+            from tqdm import tqdm  # ~0.1 s to import: only a terminal's bar pays it
+
             self.bar = tqdm(
                 total=total or None,
                 unit=unit,

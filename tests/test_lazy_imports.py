@@ -118,3 +118,19 @@ def test_ml_dtypes_is_one_that_imports_fast():
 
     major, minor = (int(p) for p in version("ml_dtypes").split(".")[:2])
     assert (0, 5) <= (major, minor) < (0, 7)
+
+
+def test_run_supervisor_imports_neither_numba_nor_tqdm(tmp_path: Path):
+    """`dvid2ng run`'s own process plans and watches while its worker processes import and
+    load the kernels: Numba (~0.5 s) in the supervisor would sit on every run's critical path,
+    and tqdm (~0.1 s) is for a terminal's progress bar only."""
+    from tests.exports import make_export
+
+    export = make_export(tmp_path)
+    dest = tmp_path / "vol"
+    mods = loaded_modules(
+        "run", str(export.source), str(dest), "--spec", str(export.spec_path), "--no-progress"
+    )
+    assert any(dest.rglob("*.shard")), "the run converted nothing"
+    assert "tensorstore" in mods  # it did write the volume's info
+    assert [m for m in mods if m == "numba" or m.startswith(("numba.", "tqdm"))] == []

@@ -53,20 +53,22 @@ from dvid2ng.schemas.tiers import next_tier
 from dvid2ng.worker.errors import Fenced, InputError, Interrupted, is_disk_full
 from dvid2ng.worker.memory import peak_rss_bytes, reset_peak_rss
 from dvid2ng.worker.output import ScaleStore, io_context, read_info
+from dvid2ng.worker.policy import (
+    CLOUD_TIMING,
+    DEATH_KINDS,
+    KIND_DIED,
+    KIND_DISK_FULL,
+    KIND_INPUT,
+    KIND_INTERRUPTED,
+    KIND_MEMORY,
+    KIND_TOO_BIG,
+    KIND_TRANSIENT,
+    WorkerTiming,
+)
 from dvid2ng.worker.sources import task_fingerprint
 from dvid2ng.worker.transcode import DEFAULT_GZIP_LEVEL, ShardOutcome, transcode_shard
 
 log = structlog.get_logger("dvid2ng.worker")
-
-# Error kinds recorded in the state (ShardRecord.error["kind"]).
-KIND_INPUT = "input"  # bad bytes or a bad message: terminal at once
-KIND_DISK_FULL = "disk-full"  # terminal at once: more memory does not help
-KIND_MEMORY = "memory"  # MemoryError: next tier at once
-KIND_DIED = "died"  # the attempt stopped without a word (OOM kill, SIGKILL): next tier at once
-KIND_TRANSIENT = "transient"  # retried on this tier, with backoff
-KIND_INTERRUPTED = "interrupted"  # asked to stop; released
-KIND_TOO_BIG = "too-big"  # the shard's estimate exceeds this worker's memory budget
-DEATH_KINDS = (KIND_MEMORY, KIND_DIED)
 
 
 class Outcome(enum.StrEnum):
@@ -81,40 +83,6 @@ class Outcome(enum.StrEnum):
     DEFERRED = "deferred"  # a task this worker does not understand: nacked for later
     INTERRUPTED = "interrupted"  # stopped before the commit; released and nacked
     FENCED = "fenced"  # lost the claim; nothing written or recorded
-
-
-@dataclass(frozen=True)
-class WorkerTiming:
-    """How often a worker proves it is alive, and what counts as dead.
-
-    A killed worker stops heartbeats and lease extensions; its message comes back after at
-    most `lease_seconds`, by which time its heartbeat is older than `stale_after_s`, so the
-    next delivery sees the death. Hence stale_after_s < lease_seconds, both well above the
-    heartbeat interval."""
-
-    heartbeat_seconds: float = 30.0
-    lease_seconds: float = 120.0
-    stale_after_s: float = 95.0
-    retry_base_seconds: float = 10.0  # transient failures: base * 2^(attempt-1), capped
-    retry_max_seconds: float = 600.0
-    held_delay_seconds: float = 60.0  # another worker has the shard: look again later
-    unsupported_delay_seconds: float = 300.0  # a newer task kind: let an upgraded worker have it
-    idle_backoff_seconds: float = 2.0  # empty pulls
-    backend_retry_seconds: float = 5.0  # a backend call failed
-
-    def __post_init__(self) -> None:
-        if not self.heartbeat_seconds * 2 < self.stale_after_s < self.lease_seconds <= 600:
-            raise ValueError(
-                "need 2 x heartbeat_seconds < stale_after_s < lease_seconds <= 600, got "
-                f"{self.heartbeat_seconds}, {self.stale_after_s}, {self.lease_seconds}"
-            )
-
-    def retry_delay(self, attempt: int | None) -> float:
-        n = max(1, attempt or 1)
-        return min(self.retry_max_seconds, self.retry_base_seconds * 2 ** (n - 1))
-
-
-CLOUD_TIMING = WorkerTiming()
 
 
 def _process_age() -> float | None:
