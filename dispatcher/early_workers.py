@@ -48,8 +48,10 @@ def _early_worker_main(orders, stop, parent: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent turns Ctrl-C into `stop`
     die_with_parent(parent)
     from dvid2ng.dispatcher import embedded  # the worker's imports, paid now
+    from dvid2ng.dispatcher.logs import configure_logging  # noqa: F401
     from dvid2ng.kernels import warm_up_transcode
     from dvid2ng.kernels.cache_load import load_cached_lightly
+    from dvid2ng.worker.loop import Worker  # noqa: F401  (TensorStore, the converter)
 
     load_cached_lightly()  # cache hits without Numba's registry refresh
     warm_up_transcode()
