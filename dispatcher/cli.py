@@ -243,11 +243,9 @@ def _main(argv: list[str] | None) -> int:
 
         warm_in_background()
     args = build_parser().parse_args(argv)
-    from dvid2ng.dispatcher.logs import configure_logging
-
-    configure_logging(level=args.log_level)
-    if args.command == "run":
+    if args.command == "run":  # its worker processes start first, then logging (structlog)
         return cmd_run(args)
+    _configure_logging(args)
     if args.command == "demo":
         from dvid2ng.dispatcher.demo import run_demo
 
@@ -271,15 +269,25 @@ def _main(argv: list[str] | None) -> int:
     return EXIT_USAGE
 
 
+def _configure_logging(args: argparse.Namespace) -> None:
+    from dvid2ng.dispatcher.logs import configure_logging
+
+    configure_logging(level=args.log_level)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     if args.downres is not None:
+        _configure_logging(args)
         from dvid2ng.dispatcher.pyramid_run import cmd_run_pyramid
 
         return cmd_run_pyramid(args)
     if args.only_missing:
         print("dvid2ng: error: --only-missing applies to --downres scales", file=sys.stderr)
         return EXIT_USAGE
+    return _run_s0(args)
 
+
+def _run_s0(args: argparse.Namespace) -> int:
     from dvid2ng.dispatcher.early_workers import EarlyWorkers
     from dvid2ng.worker.cpus import available_cpus, threads_from_env
 
@@ -295,6 +303,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if files is not None and not args.workers:  # no more early workers than shards: a spare
         count = max(1, min(count, files))  # one would only take a core from the planner
     early = EarlyWorkers(count)
+    _configure_logging(args)  # after the workers' start: structlog's import is ~0.1 s
     try:
         return _run_planned(args, early, cpus)
     finally:
