@@ -218,6 +218,14 @@ class RawHelp(argparse.RawDescriptionHelpFormatter):
 
 
 def main(argv: list[str] | None = None) -> int:
+    program = argv is None  # the `dvid2ng` program itself, not a caller of main()
+    given = sys.argv[1:] if program else argv
+    command = _command_of(given)
+    if command == "worker" and not {"-h", "--help"} & set(given):
+        # the worker's Numba kernels start loading before anything else (kernels/cache_load.py)
+        from dvid2ng.worker.warm import warm_in_background
+
+        warm_in_background()
     try:
         code = _main(argv)
     except BrokenPipeError:  # `dvid2ng status --json | head`: the reader left; not an error
@@ -226,22 +234,28 @@ def main(argv: list[str] | None = None) -> int:
         with contextlib.suppress(OSError):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
-    if argv is None and sys.argv[1:2] in (["worker"], ["run"]):
-        # the program itself (not a caller of main()), done with its queue and state: skip
-        # the interpreter's teardown of Numba and TensorStore (0.2-0.4 s, worker/exit.py)
+    if program and command in ("worker", "run"):
+        # done with its queue and state: skip the interpreter's teardown of Numba and
+        # TensorStore (0.2-0.4 s, worker/exit.py)
         from dvid2ng.worker.exit import exit_now
 
         exit_now(code)
     return code
 
 
-def _main(argv: list[str] | None) -> int:
-    given = sys.argv[1:] if argv is None else argv
-    if given[:1] == ["worker"] and not {"-h", "--help"} & set(given):
-        # the worker's Numba kernels start loading before anything else (kernels/cache_load.py)
-        from dvid2ng.worker.warm import warm_in_background
+def _command_of(args: list[str]) -> str | None:
+    """The subcommand of a command line before argparse sees it: the first word that is not
+    an option or the value of --log-level (the only top-level option that takes one)."""
+    words = iter(args)
+    for word in words:
+        if word == "--log-level":
+            next(words, None)
+        elif not word.startswith("-"):
+            return word
+    return None
 
-        warm_in_background()
+
+def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "run":  # its worker processes start first, then logging (structlog)
         return cmd_run(args)
