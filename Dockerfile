@@ -42,6 +42,6 @@ WORKDIR /home/dvid2ng
 # Warm the Numba cache as the user that runs the worker, with the installed package at the path
 # it runs from: Numba keys the cache by source path and mtime, and needs the cache directory
 # writable by that user. A worker's first shard then loads the kernels instead of compiling
-# them (about a minute on one core).
-RUN python -c "import dvid2ng.kernels as k; k.warm_up()"
+# them (about a minute on one core), and Numba's runtime from its file (kernels/nrt_cache.py).
+RUN python -c "import dvid2ng.kernels as k; k.warm_up_for_workers()"
 ENTRYPOINT ["dvid2ng", "worker"]

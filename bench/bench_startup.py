@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/bench_startup.py                 # warm x5, cold x1, imports
     .venv/bin/python bench/bench_startup.py --warm 9 --cold 0
+    .venv/bin/python bench/bench_startup.py --warm 9 --cold 0 --baseline /tmp/b  # A/B
 
 Each round publishes one 2,048-chunk s0-like shard (bench_s0.py's synthetic export) into a fresh
 SQLite queue and state (`dvid2ng publish ... --queue sqlite:///Q --state sqlite:///Q`), then runs
@@ -53,9 +54,12 @@ def publish(src: Path, root: Path) -> tuple[str, Path]:
     return url, dest
 
 
-def run_worker(url: str, cache: Path, importtime: bool = False, light: bool = True) -> dict:
+def run_worker(
+    url: str, cache: Path, importtime: bool = False, light: bool = True, code: Path | None = None
+) -> dict:
     env = {
         **os.environ,
+        **({"PYTHONPATH": str(code)} if code else {}),
         "NUMBA_CACHE_DIR": str(cache),
         "DVID2NG_LIGHT_CACHE_LOAD": "1" if light else "0",
         "DVID2NG_LOG_FORMAT": "json",
@@ -126,6 +130,13 @@ def main() -> None:
         help="also warm rounds with Numba's own cache load (DVID2NG_LIGHT_CACHE_LOAD=0), "
         "alternating with the default ones",
     )
+    p.add_argument(
+        "--baseline",
+        type=Path,
+        metavar="CHECKOUT",
+        help="also warm rounds of another checkout of dvid2ng (e.g. `git worktree add /tmp/b "
+        "HEAD~3`), alternating with this one; both then import dvid2ng through PYTHONPATH",
+    )
     a = p.parse_args()
     from bench.bench_s0 import make_synthetic_shard
 
@@ -140,24 +151,36 @@ def main() -> None:
             url, _ = publish(src, tmp / f"r{i}")
             return url
 
+        code = {}
+        if a.baseline:  # `import dvid2ng` from each checkout: a folder with a dvid2ng symlink
+            for side, root in (("this", REPO), ("baseline", a.baseline.resolve())):
+                (tmp / side).mkdir()
+                (tmp / side / "dvid2ng").symlink_to(root)
+                code[side] = tmp / side
         cold = []
         for i in range(a.cold):
             empty = tmp / f"cold-cache-{i}"
             empty.mkdir()
             cold.append(run_worker(fresh(1000 + i), empty))
-        run_worker(fresh(0), cache)  # fills the warm cache (if it was empty)
-        warm, full = [], []
+        run_worker(fresh(0), cache, code=code.get("this"))  # fills the warm cache if empty
+        if a.baseline:
+            run_worker(fresh(-1), cache, code=code["baseline"])
+        warm, full, base = [], [], []
         for i in range(a.warm):
-            warm.append(run_worker(fresh(1 + 2 * i), cache))
+            warm.append(run_worker(fresh(1 + 3 * i), cache, code=code.get("this")))
             if a.full_load:
-                full.append(run_worker(fresh(2 + 2 * i), cache, light=False))
+                full.append(run_worker(fresh(2 + 3 * i), cache, light=False))
+            if a.baseline:
+                base.append(run_worker(fresh(3 + 3 * i), cache, code=code["baseline"]))
         traced = run_worker(fresh(999), cache, importtime=True)
     print(
         "\n| Numba cache | runs | first chunks: best (s) | median | worst | CPU s by then, best "
         "| median | bench clock, best | process exit, best |"
     )
     print("|---|---|---|---|---|---|---|---|---|")
-    summarize("warm", warm)
+    summarize("warm" + (" (this checkout, through PYTHONPATH)" if base else ""), warm)
+    if base:
+        summarize(f"warm, baseline {a.baseline}", base)
     if full:
         summarize("warm, Numba's own cache load (DVID2NG_LIGHT_CACHE_LOAD=0)", full)
     if cold:

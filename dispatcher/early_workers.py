@@ -47,6 +47,9 @@ def _early_worker_main(orders, stop, parent: int) -> None:
     or None: not needed after all."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent turns Ctrl-C into `stop`
     die_with_parent(parent)
+    from dvid2ng.worker import startup_gc
+
+    startup_gc.pause()  # no garbage collection while importing and loading (worker/startup_gc.py)
     from dvid2ng.dispatcher import embedded  # the worker's imports, paid now
     from dvid2ng.dispatcher.logs import configure_logging  # noqa: F401
     from dvid2ng.kernels import warm_up_transcode
@@ -54,7 +57,9 @@ def _early_worker_main(orders, stop, parent: int) -> None:
     from dvid2ng.worker.loop import Worker  # noqa: F401  (TensorStore, the converter)
 
     load_cached_lightly()  # cache hits without Numba's registry refresh
+    startup_gc.resume_on_compile()
     warm_up_transcode()
+    startup_gc.resume()  # what start-up made is frozen, out of later collections
     try:
         got = orders.recv()
     except (EOFError, OSError):  # the supervisor is gone

@@ -368,6 +368,9 @@ def embedded_parallelism(
 
 def _worker_main(state_dir: str, index: int, stop, settings: WorkerSettings, parent: int) -> None:
     """Entry point of one embedded worker process (spawned)."""
+    from dvid2ng.worker import startup_gc
+
+    startup_gc.pause()  # until its first chunks; a no-op in an early worker, which is warm
     die_with_parent(parent)
     gzip_level, attempts, log_level = settings.gzip_level, settings.attempts, settings.log_level
     local_stop = [False]

@@ -123,6 +123,41 @@ def add_parsers(sub: Any) -> None:
     _add_queue(pub)
     _add_state(pub)
 
+    add_worker_parser(sub)
+
+    e = sub.add_parser("errors", help="failed shards of a run with file, chunk and cause")
+    _add_state(e)
+    e.add_argument("--run", metavar="ID")
+    e.add_argument("--details", action="store_true", help="also tracebacks, workers, memory")
+    e.add_argument("--json", action="store_true")
+
+    d = sub.add_parser(
+        "dlq",
+        help="list, show or replay dead-lettered shards",
+        formatter_class=RawHelp,
+        description="`list` shows each message in the terminal topic with its shard, source file "
+        "and the error the state recorded; `show KEY` one of them in full; `replay [KEY ...] "
+        "[--all]` publishes them again (on --to-tier, default their first tier) after resetting "
+        "the shard in the state.",
+    )
+    d.add_argument("action", choices=["list", "show", "replay"])
+    d.add_argument("keys", nargs="*", metavar="KEY", help="shard keys (s0/061c5) or message ids")
+    d.add_argument("--all", action="store_true", help="replay: every dead letter")
+    d.add_argument("--to-tier", default=None, metavar="TIER")
+    d.add_argument("--max", type=_positive, default=1000, help="dead letters to look at")
+    d.add_argument("--json", action="store_true")
+    _add_queue(d)
+    _add_state(d)
+
+
+class UsageError(ValueError):
+    """Bad arguments or an unreachable backend: one line, exit 2."""
+
+
+def add_worker_parser(sub: Any) -> None:
+    """`dvid2ng worker`: also the only subcommand a worker's own parser has (cli.build_parser)."""
+    from dvid2ng.dispatcher.cli import RawHelp, _positive
+
     w = sub.add_parser(
         "worker",
         help="pull shard messages and convert them (a Cloud Run worker's command)",
@@ -157,34 +192,6 @@ def add_parsers(sub: Any) -> None:
     w.add_argument("--worker-id", default=None, help="default: HOSTNAME-PID")
     _add_queue(w)
     _add_state(w)
-
-    e = sub.add_parser("errors", help="failed shards of a run with file, chunk and cause")
-    _add_state(e)
-    e.add_argument("--run", metavar="ID")
-    e.add_argument("--details", action="store_true", help="also tracebacks, workers, memory")
-    e.add_argument("--json", action="store_true")
-
-    d = sub.add_parser(
-        "dlq",
-        help="list, show or replay dead-lettered shards",
-        formatter_class=RawHelp,
-        description="`list` shows each message in the terminal topic with its shard, source file "
-        "and the error the state recorded; `show KEY` one of them in full; `replay [KEY ...] "
-        "[--all]` publishes them again (on --to-tier, default their first tier) after resetting "
-        "the shard in the state.",
-    )
-    d.add_argument("action", choices=["list", "show", "replay"])
-    d.add_argument("keys", nargs="*", metavar="KEY", help="shard keys (s0/061c5) or message ids")
-    d.add_argument("--all", action="store_true", help="replay: every dead letter")
-    d.add_argument("--to-tier", default=None, metavar="TIER")
-    d.add_argument("--max", type=_positive, default=1000, help="dead letters to look at")
-    d.add_argument("--json", action="store_true")
-    _add_queue(d)
-    _add_state(d)
-
-
-class UsageError(ValueError):
-    """Bad arguments or an unreachable backend: one line, exit 2."""
 
 
 def _queue(args):

@@ -39,6 +39,7 @@ __all__ = [
     "encode_cseg",
     "shard_and_minishard",
     "warm_up",
+    "warm_up_for_workers",
     "warm_up_transcode",
 ]
 
@@ -77,6 +78,15 @@ def warm_up() -> None:
     codes = compressed_morton_codes(np.array([[1, 2, 3]], np.int64), (2, 2, 2))
     shard_and_minishard(codes, 1, 2, 3)
     _warm_up_scan()
+
+
+def warm_up_for_workers() -> None:
+    """What the worker image's build runs (Dockerfile): warm_up() under the workers' light
+    load, so that Numba's runtime is written to its file as well (kernels/nrt_cache.py)."""
+    from .cache_load import load_cached_lightly
+
+    load_cached_lightly()
+    warm_up()
 
 
 def warm_up_transcode() -> None:

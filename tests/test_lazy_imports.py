@@ -134,3 +134,18 @@ def test_run_supervisor_imports_neither_numba_nor_tqdm(tmp_path: Path):
     assert any(dest.rglob("*.shard")), "the run converted nothing"
     assert "tensorstore" in mods  # it did write the volume's info
     assert [m for m in mods if m == "numba" or m.startswith(("numba.", "tqdm"))] == []
+
+
+def test_the_worker_loop_imports_no_numba():
+    """The worker loop imports its converters when it converts: until then (opening the
+    queue and state, the pull, the claim, the destination's info) a worker's main thread
+    never waits for the kernel thread's Numba import (worker/warm.py)."""
+    done = subprocess.run(
+        [sys.executable, "-c", "import json, sys, dvid2ng.worker.loop\n"
+         "print(json.dumps(sorted(sys.modules)))"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    mods = set(json.loads(done.stdout.strip().splitlines()[-1]))
+    assert "dvid2ng.worker.loop" in mods and "tensorstore" in mods  # the control
+    assert [m for m in mods if m == "numba" or m.startswith("numba.")] == []

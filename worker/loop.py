@@ -26,6 +26,7 @@ duplicating work:
 from __future__ import annotations
 
 import enum
+import gc
 import os
 import socket
 import threading
@@ -50,8 +51,10 @@ from dvid2ng.backends.base import (
 from dvid2ng.schemas.spec import VolumeSpec
 from dvid2ng.schemas.task import ShardTask, TaskError, UnsupportedTask
 from dvid2ng.schemas.tiers import next_tier
+from dvid2ng.worker import startup_gc
 from dvid2ng.worker.errors import Fenced, InputError, Interrupted, is_disk_full
 from dvid2ng.worker.memory import peak_rss_bytes, reset_peak_rss
+from dvid2ng.worker.outcome import DEFAULT_GZIP_LEVEL, ShardOutcome
 from dvid2ng.worker.output import ScaleStore, io_context, read_info
 from dvid2ng.worker.policy import (
     CLOUD_TIMING,
@@ -66,7 +69,6 @@ from dvid2ng.worker.policy import (
     WorkerTiming,
 )
 from dvid2ng.worker.sources import task_fingerprint
-from dvid2ng.worker.transcode import DEFAULT_GZIP_LEVEL, ShardOutcome, transcode_shard
 
 log = structlog.get_logger("dvid2ng.worker")
 
@@ -326,10 +328,15 @@ class Worker:
 
         def progress(chunks_done: int) -> None:
             if not beat.chunks_done and chunks_done:  # start-up and source latency, once
+                startup_gc.resume()  # start-up is over (worker/startup_gc.py)
                 bound.info(
                     "first_chunks",
                     chunks=chunks_done,
                     worker_age_s=_process_age(),
+                    # garbage collections during the start-up pause (none), and the objects
+                    # start-up left out of later ones; None: this process did not pause
+                    startup_gc_collections=startup_gc.collections_while_paused(),
+                    gc_frozen=gc.get_freeze_count(),
                     # CPU seconds of this process so far: the start-up's work, whatever the
                     # machine's load did to its wall time
                     worker_cpu_s=round(sum(os.times()[:2]), 2),
@@ -352,9 +359,11 @@ class Worker:
         return self._finished(delivery, task, token, outcome, bound)
 
     def _run_task(self, task, progress, stop, fence) -> ShardOutcome:
+        # the converters are imported when needed: until then (the queue, the claim, the
+        # destination's info) the worker's main thread never waits for Numba (worker/warm.py)
         if task.kind == "transcode":
-            convert = transcode_shard
-        elif task.kind == "downsample":  # imported when needed: a transcode worker starts faster
+            from dvid2ng.worker.transcode import transcode_shard as convert
+        elif task.kind == "downsample":
             from dvid2ng.worker.downsample import downsample_task as convert
         else:
             raise InputError(f"task kind {task.kind!r} has no converter in this worker")

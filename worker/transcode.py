@@ -38,10 +38,10 @@ from dvid2ng.schemas.sharding import (
 from dvid2ng.schemas.spec import DVID_BLOCK, Scale, expected_chunk_size
 from dvid2ng.schemas.task import ShardTask
 from dvid2ng.worker.errors import InputError, Interrupted
+from dvid2ng.worker.outcome import DEFAULT_GZIP_LEVEL, ShardOutcome
 from dvid2ng.worker.output import ScaleStore, ShardWriter
 from dvid2ng.worker.sources import check_source_unchanged
 
-DEFAULT_GZIP_LEVEL = 6
 PROGRESS_EVERY = 256  # records between progress callbacks
 GROUP_RECORDS = 16  # records per pool task: amortises the executor's per-task cost (~10 us)
 GROUPS_PER_THREAD = 4  # groups in flight per converter thread (the memory bound)
@@ -50,19 +50,6 @@ GROUPS_PER_THREAD = 4  # groups in flight per converter thread (the memory bound
 # for supervoxels, extent (x, y, z) or None for the whole block) -> (cseg bytes, any voxel
 # non-zero). The z-compress variant plugs in here.
 Encoder = Callable[[np.ndarray, np.ndarray | None, tuple[int, int, int] | None], tuple]
-
-
-@dataclass
-class ShardOutcome:
-    status: str  # "done" or "empty"
-    chunks_read: int = 0  # records in the source file(s)
-    chunks_written: int = 0  # non-empty chunks stored
-    chunks_zero: int = 0  # all-background chunks (not stored)
-    chunks_outside: int = 0  # exported blocks beyond the volume edge (clipped away entirely)
-    bytes_written: int = 0  # shard file size
-    encoded_bytes: int = 0  # sum of gzipped chunk sizes
-    seconds: float = 0.0
-    threads: int = 1
 
 
 def gzip_bytes(data: np.ndarray | bytes, level: int) -> bytes:

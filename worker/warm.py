@@ -22,6 +22,10 @@ def _load() -> None:
         from dvid2ng.kernels.cache_load import load_cached_lightly
 
         load_cached_lightly()
+        from dvid2ng.worker import startup_gc
+
+        if startup_gc.paused():
+            startup_gc.resume_on_compile()  # a cold cache compiles: collect again
         from dvid2ng.kernels import warm_up_transcode
 
         warm_up_transcode()

@@ -145,6 +145,8 @@ def test_warm_up_step_fills_a_cache_that_a_fresh_worker_process_loads(tmp_path, 
     index = sorted(p.name for p in cache.rglob("*.nbi"))
     assert any(n.startswith("dvid_block.") for n in index), index
     assert any(n.startswith("_cseg_core.") for n in index), index
+    # and Numba's runtime, which the workers' light load reads instead of compiling it
+    assert [p.name for p in cache.glob("dvid2ng-nrt-*.bin")], sorted(cache.iterdir())
     before = {p: p.stat().st_mtime_ns for p in cache.rglob("*") if p.is_file()}
 
     probe = subprocess.run(

@@ -1,5 +1,6 @@
-"""kernels/cache_load.py: cached kernels loaded without Numba's registry refresh give the same
-results, and a compile afterwards still gets every registry. Each case is a fresh process (the
+"""kernels/cache_load.py: cached kernels loaded without Numba's registry refresh (and without
+importing modules for their environments' globals) give the same results, and a compile
+afterwards still gets every registry. Each case is a fresh process (the
 patch and Numba's registries are per process); the first fills Numba's cache the normal way."""
 
 from __future__ import annotations
@@ -26,12 +27,28 @@ for labels, extent in ((None, None), (np.array([1, 1, 0], np.uint64), (9, 16, 3)
     cseg, nonzero = dvid_block_to_cseg(blk, labels, extent)
     hashes.append([hashlib.sha256(bytes(cseg)).hexdigest(), bool(nonzero)])
 K._warm_up_scan()
+import pickle
+from numba.core import environment
+
+bare = [e for e in list(environment.Environment._memo.values()) if len(e.globals) == 1]
+pickled = [pickle.dumps(e) for e in bare]
 before = {
     "light": light,
     "hashes": hashes,
     "registries_loaded": "numba.np.linalg" in sys.modules,
     "entry_points_scanned": entrypoints._already_initialized,
+    "arrayobj_imported": "numba.np.arrayobj" in sys.modules,
+    "bare_env_modules": sorted({e.globals["__name__"] for e in bare}),
+    "bare_envs_pickle_as_numba": all(b"numba.core.environment" in p for p in pickled),
+    "bare_envs_unpickle_to_themselves": all(
+        pickle.loads(p) is e for p, e in zip(pickled, bare)
+    ),
 }
+from dvid2ng.kernels import nrt_cache
+from numba.core.registry import cpu_target
+
+before["nrt_source"] = nrt_cache.last_source
+before["nrt_file"] = str(nrt_cache.cache_file(cpu_target.target_context))
 
 import numba
 
@@ -39,8 +56,23 @@ import numba
 def needs_registries(n):  # numba.np.arraymath's lowering: only there after a refresh
     return np.median(np.arange(n, dtype=np.float64))
 
+@numba.njit
+def allocates_and_raises(n):  # arrayobj's np.empty, and an exception from the environment
+    a = np.empty(n, np.int64)
+    if n > 3:
+        raise ValueError("too many", n)
+    a[:] = n
+    return a.sum()
+
+try:
+    allocates_and_raises(5)
+    raised = None
+except ValueError as e:
+    raised = list(e.args)
 after = {
     "compiled": needs_registries(4),
+    "allocated": int(allocates_and_raises(3)),
+    "raised": raised,
     "registries_loaded": "numba.np.linalg" in sys.modules,
     "entry_points_scanned": entrypoints._already_initialized,
 }
@@ -87,14 +119,59 @@ def test_light_load_skips_the_refresh_and_gives_the_same_bytes(normal, light):
     assert light["before"]["hashes"] == normal["before"]["hashes"]
 
 
+def test_light_load_does_not_import_modules_for_environment_globals(normal, light):
+    """The transcoder's cached environments include one of numba.np.arrayobj (np.empty):
+    Numba's load imports that module (and 16 more) for its globals, the light load does not,
+    and such a bare environment still pickles as numba's own and unpickles to itself."""
+    assert normal["before"]["arrayobj_imported"]  # the control
+    assert normal["before"]["bare_env_modules"] == []
+    assert not light["before"]["arrayobj_imported"]
+    assert "numba.np.arrayobj" in light["before"]["bare_env_modules"]
+    assert light["before"]["bare_envs_pickle_as_numba"]
+    assert light["before"]["bare_envs_unpickle_to_themselves"]
+
+
 def test_a_compile_after_a_light_load_gets_every_registry(normal, light):
     assert light["after"]["registries_loaded"]
     assert light["after"]["entry_points_scanned"]
     assert light["after"]["compiled"] == normal["after"]["compiled"]
     assert light["after"]["compiled"] == 1.5
+    # a new function using what a bare environment stands for: allocation and exceptions
+    assert light["after"]["allocated"] == normal["after"]["allocated"] == 9
+    assert light["after"]["raised"] == normal["after"]["raised"] == ["too many", 5]
 
 
 def test_the_light_load_can_be_turned_off(normal):
     off = _child("light", DVID2NG_LIGHT_CACHE_LOAD="0")
     assert off["before"]["light"] is False
     assert off["before"]["registries_loaded"]
+
+
+def test_the_runtime_is_compiled_once_then_loaded_from_its_file(normal, light):
+    """kernels/nrt_cache.py: Numba's own load compiles the NRT and writes no file; a light
+    load writes it if missing, the next one loads it, and both compute the same bytes and
+    compile and run new functions (allocation, exceptions) the same."""
+    from pathlib import Path
+
+    assert normal["before"]["nrt_source"] is None
+    assert light["before"]["nrt_source"] in ("file", "compiled")
+    assert Path(light["before"]["nrt_file"]).is_file()
+    again = _child("light")
+    assert again["before"]["nrt_source"] == "file"
+    assert again["before"]["hashes"] == normal["before"]["hashes"]
+    assert again["after"] == normal["after"]
+
+
+def test_a_damaged_runtime_file_is_compiled_again_and_replaced(light):
+    from pathlib import Path
+
+    path = Path(light["before"]["nrt_file"])
+    good = path.read_bytes()
+    damaged = bytearray(good)
+    damaged[len(damaged) // 2] ^= 0xFF
+    path.write_bytes(bytes(damaged))
+    got = _child("light")
+    assert got["before"]["nrt_source"] == "compiled"
+    assert got["after"]["allocated"] == 9 and got["after"]["raised"] == ["too many", 5]
+    assert path.read_bytes() != bytes(damaged)
+    assert _child("light")["before"]["nrt_source"] == "file"
