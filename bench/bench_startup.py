@@ -3,6 +3,7 @@
     .venv/bin/python bench/bench_startup.py                 # warm x5, cold x1, imports
     .venv/bin/python bench/bench_startup.py --warm 9 --cold 0
     .venv/bin/python bench/bench_startup.py --warm 9 --cold 0 --baseline /tmp/b  # A/B
+    .venv/bin/python bench/bench_startup.py --warm 1 --cold 0 --phases 7  # CPU per phase
 
 Each round publishes one 2,048-chunk s0-like shard (bench_s0.py's synthetic export) into a fresh
 SQLite queue and state (`dvid2ng publish ... --queue sqlite:///Q --state sqlite:///Q`), then runs
@@ -97,6 +98,62 @@ def run_worker(
     }
 
 
+PHASES = r"""
+import gc, json, os, sys, time
+gc.disable()  # as in the worker program (worker/startup_gc.py)
+rows, last = [], [0.0, time.perf_counter()]  # CPU from the process start
+
+
+def mark(name):
+    cpu, wall = time.process_time(), time.perf_counter()
+    rows.append((name, cpu - last[0], wall - last[1]))
+    last[:] = cpu, wall
+
+
+mark("interpreter (to this line)")
+import numpy; mark("numpy")
+import llvmlite.binding; mark("llvmlite.binding")
+import numba; mark("numba (the rest)")
+from dvid2ng.kernels.cache_load import load_cached_lightly
+load_cached_lightly(); mark("dvid2ng.kernels + the light-load patch")
+from numba.core.registry import cpu_target
+from numba.core.runtime import nrt
+nrt.rtsys.initialize(cpu_target.target_context); mark("Numba's runtime (NRT)")
+from dvid2ng.kernels import warm_up_transcode
+warm_up_transcode(); mark("the two cached kernels")
+import structlog; mark("structlog")
+import pyarrow; mark("pyarrow")
+import tensorstore; mark("tensorstore")
+import dvid2ng.worker.loop, dvid2ng.worker.transcode; mark("dvid2ng.worker (the rest)")
+from dvid2ng.dispatcher.cli import build_parser
+build_parser(only_worker=True); mark("the CLI and the worker's parser")
+print(json.dumps(rows))
+"""
+
+
+def phases(cache: Path, rounds: int) -> None:
+    """The worker's start-up, phase by phase, on one thread in sequence (no overlap), so each
+    phase's CPU is its own: median and best of `rounds` fresh processes."""
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(cache)}
+    runs = [
+        json.loads(
+            subprocess.run(
+                [sys.executable, "-c", PHASES], env=env, capture_output=True, text=True, check=True
+            )
+            .stdout.strip()
+            .splitlines()[-1]
+        )
+        for _ in range(rounds)
+    ]
+    print(f"\nthe same work in sequence on one thread, {rounds} fresh processes (CPU ms):")
+    print("\n| phase | median | best |\n|---|---|---|")
+    for i, (name, *_rest) in enumerate(runs[0]):
+        cpu = [r[i][1] * 1e3 for r in runs]
+        print(f"| {name} | {statistics.median(cpu):.0f} | {min(cpu):.0f} |")
+    totals = [sum(row[1] for row in r) * 1e3 for r in runs]
+    print(f"| total | {statistics.median(totals):.0f} | {min(totals):.0f} |")
+
+
 def top_imports(lines: list[str], n: int = 12) -> list[tuple[int, str]]:
     rows = []
     for line in lines:
@@ -136,6 +193,13 @@ def main() -> None:
         metavar="CHECKOUT",
         help="also warm rounds of another checkout of dvid2ng (e.g. `git worktree add /tmp/b "
         "HEAD~3`), alternating with this one; both then import dvid2ng through PYTHONPATH",
+    )
+    p.add_argument(
+        "--phases",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also time the start-up's phases one after another in N fresh processes",
     )
     a = p.parse_args()
     from bench.bench_s0 import make_synthetic_shard
@@ -189,6 +253,8 @@ def main() -> None:
     print("\nimports of the worker command (cumulative, `-X importtime`, one run):")
     for us, name in top_imports(traced["imports"]):
         print(f"  {us / 1e3:7.0f} ms  {name}")
+    if a.phases:
+        phases(cache, a.phases)
     shutil.rmtree(OUT / "startup-tmp", ignore_errors=True)
 
 

@@ -20,7 +20,9 @@ threads when T > 1), "main thread alone" = what the reading and writing thread d
 The machine's load average before and after is printed with the table: on a shared machine a
 speed-up below 2 may be other processes holding a core, which `busy` tells apart, and so does
 the control measured in each child just before its shard: hashlib.sha256 (which holds no GIL)
-on 2 threads against 1, i.e. what two threads could get from the machine at that moment.
+on 2 threads against 1, i.e. what two threads could get from the machine at that moment, and
+the same for libdeflate (the conversion's largest cost), which also tells whether two busy
+cores slow each other down (shared cache, memory bandwidth) on this machine at that moment.
 """
 
 from __future__ import annotations
@@ -66,6 +68,7 @@ def measure(source: Path, dest: Path, threads: int) -> dict:
     transcode._convert_group = timed_group
     warm_up_transcode()
     control = control_speedup()
+    gzip_control = control_speedup(work="gzip")
     spec = VolumeSpec.load(source / "spec.json")
     (task,) = plan_transcode(source, str(dest), spec, scales=[0]).tasks
     write_info(str(dest), spec.info())
@@ -82,6 +85,7 @@ def measure(source: Path, dest: Path, threads: int) -> dict:
     return {
         "threads": threads,
         "control_speedup": control,
+        "gzip_control_speedup": gzip_control,
         "chunks": out.chunks_read,
         "seconds": wall,
         "cpu_seconds": cpu,
@@ -94,25 +98,40 @@ def measure(source: Path, dest: Path, threads: int) -> dict:
     }
 
 
-def control_speedup(seconds: float = 1.0) -> float:
-    """What two threads could get from this machine at this moment: hashlib.sha256 over 4 MiB
-    (which releases the GIL for the whole hash) on 1 and then 2 threads, items per second
-    of 2 over 1. About 2.0 on two idle cores; near 1.0 when other processes hold a core."""
+def control_speedup(seconds: float = 1.0, work: str = "sha256") -> float:
+    """What two threads could get from this machine at this moment, items per second of 2
+    threads over 1: "sha256" hashes 4 MiB (compute in registers); "gzip" is libdeflate level 6
+    on 256 KiB of low-entropy bytes, the conversion's largest cost, which also leans on caches
+    and memory the two cores share. Both release the GIL for the whole call. About 2.0 on two
+    idle cores; near 1.0 when other processes hold a core; sha256 near 2.0 with gzip well below
+    says the cores are free but slower when both work (shared cache or memory bandwidth)."""
     import hashlib
     import threading
 
-    data = os.urandom(4 << 20)
+    import deflate
+    import numpy as np
+
+    if work == "sha256":
+        data = os.urandom(4 << 20)
+
+        def one() -> None:
+            hashlib.sha256(data).digest()
+    else:
+        data = np.random.default_rng(0).integers(0, 4, 256 << 10, dtype=np.uint8).tobytes()
+
+        def one() -> None:
+            deflate.gzip_compress(data, 6)
 
     def rate(threads: int) -> float:
         done = [0] * threads
         stop = time.perf_counter() + seconds
 
-        def work(i: int) -> None:
+        def loop(i: int) -> None:
             while time.perf_counter() < stop:
-                hashlib.sha256(data).digest()
+                one()
                 done[i] += 1
 
-        pool = [threading.Thread(target=work, args=(i,)) for i in range(threads)]
+        pool = [threading.Thread(target=loop, args=(i,)) for i in range(threads)]
         t = time.perf_counter()
         for th in pool:
             th.start()
@@ -169,7 +188,8 @@ def main() -> None:
             print(
                 f"round {i + 1} threads {t}: {r['chunks_per_s']:,.0f} chunks/s "
                 f"({r['seconds']:.2f} s wall, {r['cpu_seconds']:.2f} s CPU, "
-                f"load {r['load1']:.2f}, sha256 control {r['control_speedup']:.2f}x)",
+                f"load {r['load1']:.2f}, sha256 control {r['control_speedup']:.2f}x, "
+                f"gzip control {r['gzip_control_speedup']:.2f}x)",
                 file=sys.stderr,
                 flush=True,
             )
@@ -183,16 +203,17 @@ def main() -> None:
     )
     print(
         "| threads | best wall s | chunks/s | speed-up | CPU s | busy cores | convert CPU s "
-        "| main thread alone CPU s | peak RSS MiB | sha256 control, 2 vs 1 thread |"
+        "| main thread alone CPU s | peak RSS MiB | sha256 control, 2 vs 1 thread "
+        "| gzip control |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for t, r in best.items():
         print(
             f"| {t} | {r['seconds']:.2f} | {r['chunks_per_s']:,.0f} | "
             f"{base['seconds'] / r['seconds']:.2f}x | {r['cpu_seconds']:.2f} | "
             f"{r['cpu_seconds'] / r['seconds']:.2f} | {r['convert_cpu_seconds']:.2f} | "
             f"{r['main_only_cpu_seconds']:.2f} | {r['peak_rss_mib']:.0f} | "
-            f"{r['control_speedup']:.2f}x |"
+            f"{r['control_speedup']:.2f}x | {r['gzip_control_speedup']:.2f}x |"
         )
     a.json.write_text(
         json.dumps({"runs": runs, "load_before": load_before, "load_after": load_after}, indent=2)
