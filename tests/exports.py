@@ -61,3 +61,21 @@ def read_scale_cloudvolume(dest: Path, scale: int) -> np.ndarray:
 
     cv = CloudVolume(f"file://{dest}", mip=scale, fill_missing=True, progress=False, cache=False)
     return np.asarray(cv[:, :, :])[..., 0].transpose(2, 1, 0)
+
+
+def publish_to_sqlite(export: Export, root: Path) -> tuple[str, Path]:
+    """`dvid2ng publish` of `export` into a fresh SQLite queue and state under `root`, as a
+    subprocess; the queue URL (also the state's) and the destination folder."""
+    import subprocess
+    import sys
+
+    (root / "q").mkdir(parents=True)
+    url = f"sqlite://{root / 'q'}"
+    dest = root / "vol"
+    done = subprocess.run(
+        [sys.executable, "-m", "dvid2ng.dispatcher.cli", "publish", str(export.source), str(dest),
+         "--spec", str(export.spec_path), "--queue", url, "--state", url],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    return url, dest

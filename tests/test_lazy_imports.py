@@ -82,18 +82,9 @@ def test_worker_on_sqlite_loads_no_google_client(tmp_path: Path):
     """A worker on the SQLite backends converts a shard without importing the Pub/Sub,
     Firestore or Storage clients (they are for pubsub://, firestore:// and gs:// URLs only),
     and loads its cached kernels without Numba's registries (kernels/cache_load.py)."""
-    from tests.exports import make_export
+    from tests.exports import make_export, publish_to_sqlite
 
-    export = make_export(tmp_path)
-    q = f"sqlite://{tmp_path / 'q'}"
-    (tmp_path / "q").mkdir()
-    dest = tmp_path / "vol"
-    published = subprocess.run(
-        [sys.executable, "-m", "dvid2ng.dispatcher.cli", "publish", str(export.source), str(dest),
-         "--spec", str(export.spec_path), "--queue", q, "--state", q],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert published.returncode == 0, published.stderr[-2000:]
+    q, dest = publish_to_sqlite(make_export(tmp_path), tmp_path)
     warm = subprocess.run(  # the worker's kernels in Numba's cache, as in the image
         [sys.executable, "-c", "from dvid2ng.kernels import warm_up_transcode as w; w()"],
         capture_output=True, text=True, timeout=600,

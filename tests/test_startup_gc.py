@@ -100,19 +100,10 @@ print(json.dumps([before, gc.isenabled()]))
 
 @pytest.fixture(scope="module")
 def published(tmp_path_factory) -> tuple[str, Path]:
-    from tests.exports import make_export
+    from tests.exports import make_export, publish_to_sqlite
 
     tmp = tmp_path_factory.mktemp("startup-gc")
-    export = make_export(tmp)
-    (tmp / "q").mkdir()
-    q = f"sqlite://{tmp / 'q'}"
-    dest = tmp / "vol"
-    done = subprocess.run(
-        [sys.executable, "-m", "dvid2ng.dispatcher.cli", "publish", str(export.source), str(dest),
-         "--spec", str(export.spec_path), "--queue", q, "--state", q],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-2000:]
+    q, dest = publish_to_sqlite(make_export(tmp), tmp)
     return q, dest
 
 
