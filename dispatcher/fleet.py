@@ -150,10 +150,6 @@ def add_parsers(sub: Any) -> None:
     _add_state(d)
 
 
-class UsageError(ValueError):
-    """Bad arguments or an unreachable backend: one line, exit 2."""
-
-
 def add_worker_parser(sub: Any) -> None:
     """`dvid2ng worker`: also the only subcommand a worker's own parser has (cli.build_parser)."""
     from dvid2ng.dispatcher.cli import RawHelp, _positive
@@ -192,6 +188,10 @@ def add_worker_parser(sub: Any) -> None:
     w.add_argument("--worker-id", default=None, help="default: HOSTNAME-PID")
     _add_queue(w)
     _add_state(w)
+
+
+class UsageError(ValueError):
+    """Bad arguments or an unreachable backend: one line, exit 2."""
 
 
 def _queue(args):

@@ -24,9 +24,9 @@ And the NRT itself is compiled at every start unless loaded from a file (kernels
 
 `load_cached_lightly()` makes cache hits initialize only the NRT (from its file once one
 process has written it), leaves the entry-point scan to the first compile, and gives an
-environment whose module is not imported yet just the
-module's name for globals (every environment of an already imported module, this project's own
-included, still gets the module's real globals). A cache miss is unchanged: it compiles, and Numba's compiler
+environment whose module is not imported yet just the module's name for globals (every
+environment of an already imported module, this project's own included, still gets the
+module's real globals). A cache miss is unchanged: it compiles, and Numba's compiler
 refreshes both registries itself before it compiles (`CompilerBase.__init__`), loading the
 extensions on the way (`CPUContext.load_additional_registries` calls `entrypoints.init_all`),
 so a kernel compiled afterwards in the same process sees every registry and extension. (Only
