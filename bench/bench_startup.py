@@ -233,7 +233,7 @@ def main() -> None:
         for i in range(a.warm):
             warm.append(run_worker(fresh(1 + 3 * i), cache, code=code.get("this")))
             if a.full_load:
-                full.append(run_worker(fresh(2 + 3 * i), cache, light=False))
+                full.append(run_worker(fresh(2 + 3 * i), cache, light=False, code=code.get("this")))
             if a.baseline:
                 base.append(run_worker(fresh(3 + 3 * i), cache, code=code["baseline"]))
         traced = run_worker(fresh(999), cache, importtime=True)

@@ -229,7 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     program = argv is None  # the `dvid2ng` program itself, not a caller of main()
     given = sys.argv[1:] if program else argv
     command = _command_of(given)
-    if command == "worker" and not {"-h", "--help"} & set(given):
+    worker = command == "worker" and not {"-h", "--help"} & set(given)  # a worker starting up
+    if worker:
         # no garbage collection during start-up (worker/startup_gc.py), and the worker's Numba
         # kernels start loading before anything else (kernels/cache_load.py)
         from dvid2ng.worker import startup_gc
@@ -239,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
             startup_gc.pause()
         warm_in_background()
     try:
-        code = _main(argv)
+        code = _main(argv, only_worker=worker)
     except BrokenPipeError:  # `dvid2ng status --json | head`: the reader left; not an error
         import os
 
@@ -267,10 +268,8 @@ def _command_of(args: list[str]) -> str | None:
     return None
 
 
-def _main(argv: list[str] | None) -> int:
-    given = sys.argv[1:] if argv is None else argv
-    worker = _command_of(given) == "worker" and not {"-h", "--help"} & set(given)
-    args = build_parser(only_worker=worker).parse_args(argv)
+def _main(argv: list[str] | None, only_worker: bool) -> int:
+    args = build_parser(only_worker=only_worker).parse_args(argv)
     if args.command == "run":  # its worker processes start first, then logging (structlog)
         return cmd_run(args)
     _configure_logging(args)

@@ -12,8 +12,6 @@ import pytest
 SCRIPT = """
 import atexit, sys, threading, time
 from pathlib import Path
-
-import pytest
 from dvid2ng.worker.exit import exit_now
 
 out = Path(sys.argv[1]); out.mkdir(exist_ok=True)

@@ -23,10 +23,11 @@ MAX_PAUSE_S = 3.0
 
 _lock = threading.Lock()
 _paused = False
-_over = False  # start-up is once per process: after a resume, pause() does nothing
 _timer: threading.Timer | None = None
 _at_pause = 0  # collections in this process when the pause began
-_while_paused: int | None = None  # collections between pause and resume (none, unless forced)
+# collections between pause and resume (none, unless forced); set once start-up is over, which
+# is once per process: after a resume, pause() does nothing
+_while_paused: int | None = None
 
 
 def _collections() -> int:
@@ -39,7 +40,7 @@ def pause() -> None:
     choice)."""
     global _paused, _timer, _at_pause
     with _lock:
-        if _paused or _over or not gc.isenabled():
+        if _paused or _while_paused is not None or not gc.isenabled():
             return
         _at_pause = _collections()
         gc.disable()
@@ -52,11 +53,11 @@ def pause() -> None:
 
 def resume() -> None:
     """Freeze what start-up made and collect automatically again (idempotent)."""
-    global _paused, _over, _timer, _while_paused
+    global _paused, _timer, _while_paused
     with _lock:
         if not _paused:
             return
-        _paused, _over = False, True
+        _paused = False
         _while_paused = _collections() - _at_pause
         if _timer is not None and _timer is not threading.current_thread():
             _timer.cancel()
