@@ -15,7 +15,8 @@ the same machine load; the best round of each is reported, with the process's CP
 
 and the CPU split: "convert" = the per-group work (zstd, transcode, gzip; on the pool's
 threads when T > 1), "main thread alone" = what the reading and writing thread did besides
-(Arrow scan, TensorStore writes, commit); the serial part that bounds the speed-up.
+(Arrow scan, TensorStore writes, commit); the serial part that bounds the speed-up; "commit
+s" = the wall time of the shard's one commit, when nothing else runs.
 
 The machine's load average before and after is printed with the table: on a shared machine a
 speed-up below 2 may be other processes holding a core, which `busy` tells apart, and so does
@@ -49,7 +50,7 @@ def measure(source: Path, dest: Path, threads: int) -> dict:
     from dvid2ng.kernels import warm_up_transcode
     from dvid2ng.schemas.spec import VolumeSpec
     from dvid2ng.worker.memory import peak_rss_bytes
-    from dvid2ng.worker.output import ScaleStore, io_context, write_info
+    from dvid2ng.worker.output import ScaleStore, ShardWriter, io_context, write_info
     from dvid2ng.worker.transcode import transcode_shard
 
     # Instrumentation only: the CPU time of every group's conversion on the thread that ran
@@ -66,6 +67,19 @@ def measure(source: Path, dest: Path, threads: int) -> dict:
             group_cpu.append(time.thread_time() - t0)
 
     transcode._convert_group = timed_group
+    # ...and the commit's wall time: serial (the converter threads are done), it grows with
+    # the shard, so it bounds the speed-up of a large shard more than of a small one.
+    commit_seconds: list[float] = []
+    commit = ShardWriter.commit
+
+    def timed_commit(self, fence=None):
+        t0 = time.perf_counter()
+        try:
+            return commit(self, fence)
+        finally:
+            commit_seconds.append(time.perf_counter() - t0)
+
+    ShardWriter.commit = timed_commit
     warm_up_transcode()
     control = control_speedup()
     gzip_control = control_speedup(work="gzip")
@@ -90,6 +104,7 @@ def measure(source: Path, dest: Path, threads: int) -> dict:
         "seconds": wall,
         "cpu_seconds": cpu,
         "convert_cpu_seconds": convert_cpu,
+        "commit_seconds": sum(commit_seconds),
         # the main thread's own work (with 1 thread the conversions run on it too)
         "main_only_cpu_seconds": main_cpu - (convert_cpu if threads <= 1 else 0.0),
         "chunks_per_s": out.chunks_read / wall,
@@ -203,16 +218,17 @@ def main() -> None:
     )
     print(
         "| threads | best wall s | chunks/s | speed-up | CPU s | busy cores | convert CPU s "
-        "| main thread alone CPU s | peak RSS MiB | sha256 control, 2 vs 1 thread "
+        "| main thread alone CPU s | commit s | peak RSS MiB | sha256 control, 2 vs 1 thread "
         "| gzip control |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for t, r in best.items():
         print(
             f"| {t} | {r['seconds']:.2f} | {r['chunks_per_s']:,.0f} | "
             f"{base['seconds'] / r['seconds']:.2f}x | {r['cpu_seconds']:.2f} | "
             f"{r['cpu_seconds'] / r['seconds']:.2f} | {r['convert_cpu_seconds']:.2f} | "
-            f"{r['main_only_cpu_seconds']:.2f} | {r['peak_rss_mib']:.0f} | "
+            f"{r['main_only_cpu_seconds']:.2f} | {r['commit_seconds']:.2f} | "
+            f"{r['peak_rss_mib']:.0f} | "
             f"{r['control_speedup']:.2f}x | {r['gzip_control_speedup']:.2f}x |"
         )
     a.json.write_text(
