@@ -36,6 +36,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -55,31 +56,13 @@ def measure(source: Path, dest: Path, threads: int) -> dict:
 
     # Instrumentation only: the CPU time of every group's conversion on the thread that ran
     # it, so the table can split the work into what the converter threads did and what the
-    # main thread (reader, TensorStore writes, commit) did on its own.
-    convert_group = transcode._convert_group
-    group_cpu: list[float] = []  # list.append is atomic under the GIL, += on a float is not
-
-    def timed_group(recs, ctx):
-        t0 = time.thread_time()
-        try:
-            return convert_group(recs, ctx)
-        finally:
-            group_cpu.append(time.thread_time() - t0)
-
-    transcode._convert_group = timed_group
-    # ...and the commit's wall time: serial (the converter threads are done), it grows with
-    # the shard, so it bounds the speed-up of a large shard more than of a small one.
+    # main thread (reader, TensorStore writes, commit) did on its own; and the commit's wall
+    # time: serial (the converter threads are done), it grows with the shard, so it bounds the
+    # speed-up of a large shard more than of a small one.
+    group_cpu: list[float] = []
     commit_seconds: list[float] = []
-    commit = ShardWriter.commit
-
-    def timed_commit(self, fence=None):
-        t0 = time.perf_counter()
-        try:
-            return commit(self, fence)
-        finally:
-            commit_seconds.append(time.perf_counter() - t0)
-
-    ShardWriter.commit = timed_commit
+    transcode._convert_group = _timed(transcode._convert_group, time.thread_time, group_cpu)
+    ShardWriter.commit = _timed(ShardWriter.commit, time.perf_counter, commit_seconds)
     warm_up_transcode()
     control = control_speedup()
     gzip_control = control_speedup(work="gzip")
@@ -111,6 +94,20 @@ def measure(source: Path, dest: Path, threads: int) -> dict:
         "peak_rss_mib": peak_rss_bytes() / 2**20,
         "shard_bytes": out.bytes_written,
     }
+
+
+def _timed(fn: Callable, clock: Callable[[], float], sink: list[float]) -> Callable:
+    """`fn`, appending each call's duration by `clock` to `sink` (list.append is atomic under
+    the GIL, += on a float is not: the converter threads call it at once)."""
+
+    def timed(*args, **kwargs):
+        t0 = clock()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            sink.append(clock() - t0)
+
+    return timed
 
 
 def control_speedup(seconds: float = 1.0, work: str = "sha256") -> float:
