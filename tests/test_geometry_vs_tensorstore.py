@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import struct
 
 import numpy as np
 import pytest
@@ -31,6 +30,7 @@ from dvid2ng.schemas.sharding import (
     shard_of_dvid_file,
 )
 from dvid2ng.schemas.spec import SpecError, VolumeSpec
+from tests.sharded import chunk_ids_in, grid_bits
 
 
 @st.composite
@@ -104,25 +104,8 @@ def tensorstore_placement(info: dict) -> dict[str, set[int]]:
             },
             context=alone,
         ).result()
-        out[name] = _chunk_ids_in(sharded, key_space=1 << sum(_grid_bits(grid)))
+        out[name] = chunk_ids_in(sharded, grid_bits(grid))  # not list(): see tests/sharded.py
     return out
-
-
-def _grid_bits(grid: list[int]) -> list[int]:
-    return [max(0, (g - 1).bit_length()) for g in grid]
-
-
-def _chunk_ids_in(sharded: ts.KvStore, key_space: int) -> set[int]:
-    """The chunk ids a sharded kvstore holds, found by reading every id the grid allows.
-
-    Not `sharded.list()`: TensorStore's sharded list intermittently never completes (about
-    once in a thousand one-shard stores here, on no particular spec, and `result(timeout=)`
-    does not return either), which hung CI. Point reads never did in 4,000 examples. The key
-    space is every id below 2**(sum of the grid's bits), so no chunk can hide from the reads,
-    and it is derived from the grid alone, not from our Morton code.
-    """
-    reads = [(cid, sharded.read(struct.pack(">Q", cid))) for cid in range(key_space)]
-    return {cid for cid, read in reads if read.result().state == "value"}
 
 
 @settings(
@@ -138,7 +121,7 @@ def test_sharding_decisions_and_geometry_match_tensorstore(scale_json):
     grid = [
         -(-n // c) for n, c in zip(scale_json["size"], scale_json["chunk_sizes"][0], strict=True)
     ]
-    bits = _grid_bits(grid)
+    bits = grid_bits(grid)
     placement = tensorstore_placement(info)
     file_of = {cid: name for name, ids in placement.items() for cid in ids}
     chunks = [(x, y, z) for z in range(grid[2]) for y in range(grid[1]) for x in range(grid[0])]
