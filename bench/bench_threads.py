@@ -13,10 +13,11 @@ the same machine load; the best round of each is reported, with the process's CP
     speed-up = wall(1 thread) / wall(2 threads)
     busy     = CPU seconds / wall seconds (2.0 = both cores converting all the time)
 
-and the CPU split: "convert" = the per-group work (zstd, transcode, gzip; on the pool's
-threads when T > 1), "main thread alone" = what the reading and writing thread did besides
-(Arrow scan, TensorStore writes, commit); the serial part that bounds the speed-up; "commit
-s" = the wall time of the shard's one commit, when nothing else runs.
+and the CPU split: "convert" = the per-group work (zstd, transcode, gzip; on the T - 1 pool
+threads and on the reading thread, which converts while it waits), "of it on the main
+thread" = the reading thread's share of that, "main thread alone" = what the reading and
+writing thread did besides (Arrow scan, TensorStore writes), the serial part that bounds the
+speed-up; "commit s" = the wall time of the shard's one commit, when nothing else runs.
 
 The machine's load average before and after is printed with the table: on a shared machine a
 speed-up below 2 may be other processes holding a core, which `busy` tells apart, and so does
@@ -35,6 +36,7 @@ import resource
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -59,8 +61,8 @@ def measure(source: Path, dest: Path, threads: int) -> dict:
     # main thread (reader, TensorStore writes, commit) did on its own; and the commit's wall
     # time: serial (the converter threads are done), it grows with the shard, so it bounds the
     # speed-up of a large shard more than of a small one.
-    group_cpu: list[float] = []
-    commit_seconds: list[float] = []
+    group_cpu: list[tuple[int, float]] = []
+    commit_seconds: list[tuple[int, float]] = []
     transcode._convert_group = _timed(transcode._convert_group, time.thread_time, group_cpu)
     ShardWriter.commit = _timed(ShardWriter.commit, time.perf_counter, commit_seconds)
     warm_up_transcode()
@@ -71,12 +73,14 @@ def measure(source: Path, dest: Path, threads: int) -> dict:
     write_info(str(dest), spec.info())
     store = ScaleStore(str(dest), spec.scales[0], io_context())
     r0 = resource.getrusage(resource.RUSAGE_SELF)
+    main_thread = threading.get_ident()
     main0 = time.thread_time()
     t = time.perf_counter()
     out = transcode_shard(task, store, threads=threads)
     wall = time.perf_counter() - t
     main_cpu = time.thread_time() - main0
-    convert_cpu = sum(group_cpu)
+    convert_cpu = sum(seconds for _, seconds in group_cpu)
+    main_convert_cpu = sum(seconds for ident, seconds in group_cpu if ident == main_thread)
     r1 = resource.getrusage(resource.RUSAGE_SELF)
     cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
     return {
@@ -87,25 +91,26 @@ def measure(source: Path, dest: Path, threads: int) -> dict:
         "seconds": wall,
         "cpu_seconds": cpu,
         "convert_cpu_seconds": convert_cpu,
-        "commit_seconds": sum(commit_seconds),
-        # the main thread's own work (with 1 thread the conversions run on it too)
-        "main_only_cpu_seconds": main_cpu - (convert_cpu if threads <= 1 else 0.0),
+        "commit_seconds": sum(seconds for _, seconds in commit_seconds),
+        # the main thread's own work: it converts groups too (all of them with 1 thread)
+        "main_only_cpu_seconds": main_cpu - main_convert_cpu,
+        "main_convert_cpu_seconds": main_convert_cpu,
         "chunks_per_s": out.chunks_read / wall,
         "peak_rss_mib": peak_rss_bytes() / 2**20,
         "shard_bytes": out.bytes_written,
     }
 
 
-def _timed(fn: Callable, clock: Callable[[], float], sink: list[float]) -> Callable:
-    """`fn`, appending each call's duration by `clock` to `sink` (list.append is atomic under
-    the GIL, += on a float is not: the converter threads call it at once)."""
+def _timed(fn: Callable, clock: Callable[[], float], sink: list[tuple[int, float]]) -> Callable:
+    """`fn`, appending (thread, duration by `clock`) of each call to `sink` (list.append is
+    atomic under the GIL, += on a float is not: the converter threads call it at once)."""
 
     def timed(*args, **kwargs):
         t0 = clock()
         try:
             return fn(*args, **kwargs)
         finally:
-            sink.append(clock() - t0)
+            sink.append((threading.get_ident(), clock() - t0))
 
     return timed
 
@@ -215,16 +220,16 @@ def main() -> None:
     )
     print(
         "| threads | best wall s | chunks/s | speed-up | CPU s | busy cores | convert CPU s "
-        "| main thread alone CPU s | commit s | peak RSS MiB | sha256 control, 2 vs 1 thread "
+        "| of it on the main thread | main thread alone CPU s | commit s | peak RSS MiB | sha256 control, 2 vs 1 thread "
         "| gzip control |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for t, r in best.items():
         print(
             f"| {t} | {r['seconds']:.2f} | {r['chunks_per_s']:,.0f} | "
             f"{base['seconds'] / r['seconds']:.2f}x | {r['cpu_seconds']:.2f} | "
             f"{r['cpu_seconds'] / r['seconds']:.2f} | {r['convert_cpu_seconds']:.2f} | "
-            f"{r['main_only_cpu_seconds']:.2f} | {r['commit_seconds']:.2f} | "
+            f"{r['main_convert_cpu_seconds']:.2f} | {r['main_only_cpu_seconds']:.2f} | {r['commit_seconds']:.2f} | "
             f"{r['peak_rss_mib']:.0f} | "
             f"{r['control_speedup']:.2f}x | {r['gzip_control_speedup']:.2f}x |"
         )

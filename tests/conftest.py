@@ -4,6 +4,7 @@ tests that need them skip with a clear reason when that folder is absent (a user
 from __future__ import annotations
 
 import gzip
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,14 @@ from tests.emulators import (  # noqa: F401
     pubsub_emulator,
     pubsub_project,
 )
+
+# A suite started as a background job of a shell without job control (`cmd &` in a script,
+# `nohup`) inherits SIGINT ignored, and an ignored signal stays ignored across exec: every
+# child would then shrug off the Ctrl-C the interrupt tests send. A handler (unlike SIG_IGN)
+# is reset to the default on exec, so installing Python's own makes the children take Ctrl-C
+# as from a terminal, however the suite was started.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_FIXTURES = REPO_ROOT.parent / "shared" / "fixtures"

@@ -76,7 +76,7 @@ def _damaged_copy(
     return copy, [recs[i][:3] for i in bad]
 
 
-@pytest.mark.parametrize("threads", [1, 3])
+@pytest.mark.parametrize("threads", [1, 2, 3])
 def test_first_bad_record_in_file_order_is_reported(shard_source, tmp_path, threads):
     """Two bad records in different groups: the later one may well be converted first on the
     pool, the error must still name the earlier one; and no shard file is written."""
@@ -88,6 +88,23 @@ def test_first_bad_record_in_file_order_is_reported(shard_source, tmp_path, thre
     assert e.value.chunk == chunks[0]
     assert "truncated" in e.value.cause
     assert not any(dest.rglob("*.shard"))  # nothing of the shard was written
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+def test_a_group_converted_ahead_by_the_reading_thread_reports_in_order(
+    shard_source, tmp_path, threads
+):
+    """The reading thread converts the newest queued group while it waits for the oldest, so
+    its error comes early: with a bad record in group 5 and in every group after it, whatever
+    group that thread converts ahead is bad, and the error must still be group 5's."""
+    first = 5 * GROUP_RECORDS + 3
+    bad = [first] + [g * GROUP_RECORDS + 7 for g in range(6, CHUNKS // GROUP_RECORDS)]
+    source, chunks = _damaged_copy(shard_source, tmp_path, bad)
+    dest = tmp_path / "vol"
+    with pytest.raises(InputError) as e:
+        _convert(source, dest, threads)
+    assert e.value.chunk == chunks[0]
+    assert not any(dest.rglob("*.shard"))
 
 
 def test_bad_record_before_a_reader_failure_wins(shard_source, tmp_path):
