@@ -25,6 +25,8 @@ the control measured in each child just before its shard: hashlib.sha256 (which 
 on 2 threads against 1, i.e. what two threads could get from the machine at that moment, and
 the same for libdeflate (the conversion's largest cost), which also tells whether two busy
 cores slow each other down (shared cache, memory bandwidth) on this machine at that moment.
+Below the table, each round's own speed-up (its 1- and 2-thread runs ran back to back) and
+their median: best against best can pair one side's quiet moment with the other's busy one.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import json
 import os
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import threading
@@ -159,6 +162,12 @@ def control_speedup(seconds: float = 1.0, work: str = "sha256") -> float:
     return rate(2) / rate(1)
 
 
+def round_speedups(base: list[dict], other: list[dict]) -> list[float]:
+    """wall(base) / wall(other) of each round: the two ran back to back, so each ratio sees one
+    moment of the machine, where best against best may pair a quiet moment with a busy one."""
+    return [b["seconds"] / o["seconds"] for b, o in zip(base, other, strict=True)]
+
+
 def two_cores() -> set[int]:
     return set(sorted(os.sched_getaffinity(0))[:2])
 
@@ -232,6 +241,12 @@ def main() -> None:
             f"{r['main_convert_cpu_seconds']:.2f} | {r['main_only_cpu_seconds']:.2f} | {r['commit_seconds']:.2f} | "
             f"{r['peak_rss_mib']:.0f} | "
             f"{r['control_speedup']:.2f}x | {r['gzip_control_speedup']:.2f}x |"
+        )
+    for t in a.threads[1:]:
+        paired = round_speedups(runs[a.threads[0]], runs[t])
+        print(
+            f"\n{t} threads against {a.threads[0]}, round by round (each pair ran back to back): "
+            f"{', '.join(f'{x:.2f}x' for x in paired)}; median {statistics.median(paired):.2f}x"
         )
     a.json.write_text(
         json.dumps({"runs": runs, "load_before": load_before, "load_after": load_after}, indent=2)

@@ -9,6 +9,7 @@ bad records far apart, in groups that are converting at the same time as others.
 
 from __future__ import annotations
 
+import itertools
 import shutil
 from pathlib import Path
 
@@ -123,3 +124,35 @@ def test_a_cut_file_alone_fails_on_threads_too(shard_source, tmp_path):
     with pytest.raises(InputError) as e:
         _convert(source, tmp_path / "vol", 3)
     assert "0_0_0.arrow" in str(e.value)
+
+
+def test_the_reading_thread_converts_the_oldest_group_when_the_pool_is_busy(shard_source):
+    """With the one pool thread held by other work, the oldest group is converted by the
+    reading thread itself: `oldest()` returns while the pool is still held, with the same
+    results a plain conversion gives (before, it waited for the pool to come free)."""
+    from concurrent.futures import ThreadPoolExecutor
+    from threading import Event
+
+    from dvid2ng.worker.transcode import ShardContext, _convert_group, _Window
+
+    spec = VolumeSpec.load(shard_source / "spec.json")
+    (task,) = plan_transcode(shard_source, "memory://w", spec, scales=[0]).tasks
+    ctx = ShardContext.for_task(task, ScaleStore("memory://w", spec.scales[0], io_context()), 6)
+    src = task.sources[0]
+    with ExportFileReader(src.arrow, src.csv) as reader:
+        records = list(itertools.islice(reader, 2 * GROUP_RECORDS))
+    groups = [records[:GROUP_RECORDS], records[GROUP_RECORDS:]]
+    release = Event()
+    pool = ThreadPoolExecutor(1)
+    try:
+        held = pool.submit(release.wait, 10)
+        window = _Window(pool, ctx)
+        for group in groups:
+            window.submit(group)
+        got = [window.oldest(), window.oldest()]
+        assert not held.done(), "oldest() waited for the held pool thread"
+    finally:
+        release.set()
+        pool.shutdown(wait=True)
+    assert got == [_convert_group(group, ctx) for group in groups]
+    assert all(data is not None for group in got for _, data in group)

@@ -316,11 +316,11 @@ def _converted_groups(
 class _Window:
     """The groups in flight, oldest first, each with the future of its conversion.
 
-    The reading thread is a converter too. A pool of `threads` beside a reading thread that
-    mostly waits puts threads + 1 runnable threads on `threads` cores: the OS then preempts
-    GIL holders and the reading thread waits for the GIL behind converters. Measured on the
-    32K-chunk shard with 2 threads (docs/performance.md, "the reading thread converts too"):
-    2-7 % less wall time (mean 5 %) in each of 4 rounds alternating with a pool of 2."""
+    The reading thread is a converter too. With a pool of `threads` beside it, it mostly
+    waited, and a py-spy --gil profile showed it waiting for the GIL behind the converters
+    (3.8 s on 2 threads against 1.0 s on 1, 32K chunks). A pool of threads - 1 with this
+    thread converting while it waits was 2-7 % faster (mean 5 %) in each of 4 rounds
+    alternating with a pool of 2 (docs/performance.md, "the reading thread converts too")."""
 
     def __init__(self, pool: ThreadPoolExecutor, ctx: ShardContext) -> None:
         self.pool = pool
@@ -334,15 +334,16 @@ class _Window:
         self.items.append((self.pool.submit(_convert_group, group, self.ctx), group))
 
     def oldest(self) -> list:
-        """The oldest group's results (its error, if it failed). While a pool thread still
-        converts it, this thread converts the newest group no pool thread has started."""
+        """The oldest group's results (its error, if it failed). Until it is done, this thread
+        converts the newest group no pool thread has started, the oldest one included: it
+        never waits for a pool whose threads are all busy elsewhere (or not yet running)."""
         future = self.items[0][0]
         while not future.done() and self._convert_one_here():
             pass
         return self.items.popleft()[0].result()
 
     def _convert_one_here(self) -> bool:
-        for i in range(len(self.items) - 1, 0, -1):
+        for i in range(len(self.items) - 1, -1, -1):  # newest first: the pool takes the oldest
             queued, group = self.items[i]
             if queued.cancel():  # False once a pool thread has started it (or it is done)
                 here: Future = Future()
