@@ -21,6 +21,7 @@ from dvid2ng.dvidexport.reader import ExportFileReader, decompress_block
 from dvid2ng.dvidexport.writer import write_export_file
 from dvid2ng.schemas.spec import VolumeSpec
 from dvid2ng.worker.errors import InputError
+from dvid2ng.worker.outcome import DEFAULT_GZIP_LEVEL
 from dvid2ng.worker.output import ScaleStore, io_context, write_info
 from dvid2ng.worker.transcode import GROUP_RECORDS, transcode_shard
 
@@ -137,7 +138,8 @@ def test_the_reading_thread_converts_the_oldest_group_when_the_pool_is_busy(shar
 
     spec = VolumeSpec.load(shard_source / "spec.json")
     (task,) = plan_transcode(shard_source, "memory://w", spec, scales=[0]).tasks
-    ctx = ShardContext.for_task(task, ScaleStore("memory://w", spec.scales[0], io_context()), 6)
+    store = ScaleStore("memory://w", spec.scales[0], io_context())
+    ctx = ShardContext.for_task(task, store, DEFAULT_GZIP_LEVEL)
     src = task.sources[0]
     with ExportFileReader(src.arrow, src.csv) as reader:
         records = list(itertools.islice(reader, 2 * GROUP_RECORDS))

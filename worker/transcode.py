@@ -337,9 +337,8 @@ class _Window:
         """The oldest group's results (its error, if it failed). Until it is done, this thread
         converts the newest group no pool thread has started, the oldest one included: it
         never waits for a pool whose threads are all busy elsewhere (or not yet running)."""
-        future = self.items[0][0]
-        while not future.done() and self._convert_one_here():
-            pass
+        while not self.items[0][0].done() and self._convert_one_here():
+            pass  # the oldest may itself be the group converted here: items[0] is read anew
         return self.items.popleft()[0].result()
 
     def _convert_one_here(self) -> bool:
